@@ -1,0 +1,52 @@
+# tl2edge: `make demo` and `make test` are all the set-up there is on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+TL2EDGE := $(BIN)/tl2edge
+# Re-install when the dependency list changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: demo test lint format protos bench source-backbone image clean help
+
+help:
+	@echo "make demo             the whole pipeline on built-in synthetic data (CPU, a few minutes)"
+	@echo "make test             lint + the test suite (CPU, about 20 minutes)"
+	@echo "make protos           regenerate the gRPC stubs from protos/"
+	@echo "make bench            run the benchmarks, results in docs/benchmarks.md and benchmarks/results/"
+	@echo "make source-backbone  pretrain VGG16 on the synthetic source task -> assets/ (long on CPU)"
+	@echo "make image            build the serving container image with buildah"
+
+$(STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[train,export,serve,dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(TL2EDGE) demo --out demo-out
+
+test: $(STAMP) lint
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Pretrains VGG16 from scratch on the synthetic source task and keeps its backbone as
+# assets/vgg16_synth_source.npz (float16, compressed) with its training report.
+source-backbone: $(STAMP)
+	$(TL2EDGE) data synth build/source --task source --per-class 600 --size 32 --seed 0 --overwrite
+	$(TL2EDGE) train build/source --out build/source-run --weights none --image-size 32 --val-split 0.1 \
+	    --epochs-head 40 --epochs-finetune 0 --patience 6 --overwrite
+	$(TL2EDGE) backbone build/source-run assets/vgg16_synth_source.npz --overwrite
+	cp build/source-run/report.md assets/vgg16_synth_source.md
+	cp build/source-run/curves.png assets/vgg16_synth_source_curves.png
+
+clean:
+	rm -rf build demo-out .pytest_cache .ruff_cache

@@ -1,0 +1,108 @@
+"""The synthetic data generator and image decoding. Run: .venv/bin/pytest tests/core -q"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tl2edge.errors import UserError
+from tl2edge.images import BadImage, decode_rgb, scan_image_folder
+from tl2edge.synth import TASKS, render, write_dataset
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    a = render("source", "circle", 3, size=32, seed=7)
+    b = render("source", "circle", 3, size=32, seed=7)
+    c = render("source", "circle", 3, size=32, seed=8)
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_tasks_have_disjoint_classes():
+    assert len(TASKS["source"]) > len(TASKS["target"]) >= 2
+    assert not set(TASKS["source"]) & set(TASKS["target"])
+
+
+def test_classes_differ_on_average():
+    # The class signal must be in the foreground, not in a shared background.
+    means = {
+        name: np.mean([render("target", name, i, size=32).astype(float) for i in range(8)], axis=0)
+        for name in TASKS["target"]
+    }
+    names = list(means)
+    assert all(np.abs(means[a] - means[b]).mean() > 1.0 for a in names for b in names if a < b)
+
+
+def test_write_dataset_is_byte_identical_for_a_seed(tmp_path):
+    a = write_dataset(tmp_path / "a", task="target", per_class=3, size=32, seed=1, progress=False)
+    b = write_dataset(tmp_path / "b", task="target", per_class=3, size=32, seed=1, progress=False)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert len(files_a) == 3 * len(TASKS["target"])
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.png"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+
+
+def test_write_dataset_refuses_to_overwrite(tmp_path):
+    out = write_dataset(tmp_path / "d", task="target", per_class=1, size=16, progress=False)
+    before = sorted(out.rglob("*"))
+    with pytest.raises(UserError, match="--overwrite"):
+        write_dataset(out, task="target", per_class=2, size=16, progress=False)
+    assert sorted(out.rglob("*")) == before
+
+
+# Every (format, mode) pair that the format can store.
+ENCODABLE = [("PNG", m) for m in ("L", "RGBA", "P", "1", "LA")] + [
+    ("BMP", m) for m in ("L", "P", "1")
+]
+ENCODABLE += [("GIF", m) for m in ("L", "P", "1")] + [("JPEG", m) for m in ("L", "CMYK")]
+
+
+@pytest.mark.parametrize(("fmt", "mode"), ENCODABLE)
+def test_decode_converts_every_mode_to_rgb(fmt, mode):
+    img = Image.new("RGB", (20, 10), (200, 30, 40)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    out = decode_rgb(buf.getvalue(), 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+
+
+def test_decode_keeps_colour_order_rgb():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(buf, format="PNG")
+    assert tuple(decode_rgb(buf.getvalue())[0, 0]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_decode_rejects_garbage(data):
+    with pytest.raises(BadImage):
+        decode_rgb(data)
+
+
+def test_truncated_jpeg_is_rejected():
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        buf, format="JPEG"
+    )
+    with pytest.raises(BadImage):
+        decode_rgb(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def test_scan_errors_name_the_problem(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        scan_image_folder(tmp_path / "missing")
+    with pytest.raises(UserError, match="no class sub-folders"):
+        scan_image_folder(tmp_path)
+    (tmp_path / "only").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "only" / "a.png")
+    with pytest.raises(UserError, match="at least 2"):
+        scan_image_folder(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no images.*empty"):
+        scan_image_folder(tmp_path)
+    Image.new("RGB", (4, 4)).save(tmp_path / "empty" / "b.bmp")
+    folder = scan_image_folder(tmp_path)
+    assert folder.classes == ("empty", "only") and folder.counts() == [1, 1]

@@ -1,0 +1,3 @@
+from tl2edge.cli import main
+
+raise SystemExit(main())

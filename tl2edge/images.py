@@ -1,0 +1,127 @@
+"""Image folders and image decoding, shared by training, export and serving.
+
+Every stage decodes with the same function (`decode_rgb`), so the pixels a model sees in
+training are the pixels the server feeds it: RGB, uint8, resized with the same filter.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tl2edge.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+RESAMPLE = Image.Resampling.BILINEAR
+
+
+class BadImage(ValueError):
+    """Bytes or a file that are not a decodable image."""
+
+
+def decode_rgb(
+    source: bytes | str | os.PathLike, size: int | tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decode an encoded image (bytes or path) to an RGB uint8 array [H, W, 3].
+
+    Grayscale, palette, RGBA (alpha dropped after compositing on black) and CMYK images
+    become RGB; an animated GIF gives its first frame. With `size`, the image is resized
+    (bilinear) to size x size or (height, width).
+    """
+    try:
+        fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115
+        with fp, Image.open(fp) as img:
+            img.seek(0)
+            img.load()
+            rgb = _to_rgb(img)
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as exc:
+        raise BadImage(f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        if rgb.size != (w, h):
+            rgb = rgb.resize((w, h), RESAMPLE)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (0, 0, 0))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def resize_rgb(pixels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize an RGB uint8 array with the same filter as `decode_rgb`."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if pixels.shape[:2] == (h, w):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((w, h), RESAMPLE), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A folder with one sub-folder per class; classes sorted by name (label = index)."""
+
+    root: Path
+    classes: tuple[str, ...]
+    files: tuple[tuple[Path, int], ...]  # (path, label)
+
+    def counts(self) -> list[int]:
+        out = [0] * len(self.classes)
+        for _, label in self.files:
+            out[label] += 1
+        return out
+
+
+def scan_image_folder(
+    root: str | os.PathLike, *, what: str = "data dir", min_classes: int = 2
+) -> ImageFolder:
+    """List an image folder, or raise UserError naming what is wrong with it."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{what} {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"{what} {root} is not a folder")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not class_dirs:
+        hint = f" (found {len(loose)} images directly inside it)" if loose else ""
+        raise UserError(
+            f"{what} {root} has no class sub-folders{hint}; expected one sub-folder per class, "
+            f"e.g. {root}/cat/001.jpg, {root}/dog/002.jpg"
+        )
+    if len(class_dirs) < min_classes:
+        raise UserError(
+            f"{what} {root} has {len(class_dirs)} class folder(s) ({', '.join(p.name for p in class_dirs)}); "
+            f"a classifier needs at least {min_classes}"
+        )
+    files: list[tuple[Path, int]] = []
+    empty: list[str] = []
+    for label, class_dir in enumerate(class_dirs):
+        images = sorted(
+            p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not images:
+            empty.append(class_dir.name)
+        files.extend((p, label) for p in images)
+    if empty:
+        raise UserError(
+            f"{what} {root}: class folder(s) with no images ({', '.join(empty)}); "
+            f"add images ({'/'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}) or remove the folder"
+        )
+    return ImageFolder(root=root, classes=tuple(p.name for p in class_dirs), files=tuple(files))

@@ -1,0 +1,39 @@
+"""`tl2edge backbone RUN_DIR OUT.npz`: save a run's VGG16 backbone as a compact weights file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from tl2edge.errors import UserError
+
+log = logging.getLogger("tl2edge.train")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a finished run dir (with model.keras)")
+    parser.add_argument(
+        "out", help="output .npz (float16, compressed); use it with `tl2edge train --weights OUT`"
+    )
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise UserError(f"{out}: the backbone file must end in .npz")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    model_file = Path(args.run_dir) / "model.keras"
+    if not model_file.is_file():
+        raise UserError(f"{args.run_dir} is not a finished run dir (no model.keras)")
+    from tl2edge.logs import quiet_tensorflow
+
+    quiet_tensorflow()
+    from tl2edge.train.model import BACKBONE, load_inference_model
+    from tl2edge.train.weights import save_backbone_npz
+
+    path = save_backbone_npz(load_inference_model(model_file).get_layer(BACKBONE), out)
+    log.info("backbone saved to %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return 0

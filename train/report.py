@@ -1,0 +1,152 @@
+"""What a finished run reports: metrics.json, curves.png, confusion.png, run.json, report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str] | tuple[str, ...]
+) -> dict:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows = truth)."""
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    actual = cm.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros(k), where=actual > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0
+    )
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "macro_f1": float(f1.mean()),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(actual[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": cm.tolist(),
+        "classes": list(classes),
+    }
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, [h.get(metric, np.nan) for h in history], "o-", label=f"train {metric}")
+        ax.plot(
+            epochs, [h.get(f"val_{metric}", np.nan) for h in history], "s-", label=f"val {metric}"
+        )
+        starts = [
+            h["epoch"] for i, h in enumerate(history) if i and h["phase"] != history[i - 1]["phase"]
+        ]
+        for s in starts:
+            ax.axvline(s - 0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("epoch (dashed line: next phase)")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(
+    cm: list[list[int]], classes: list[str], path: Path, title: str = "validation confusion matrix"
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm_arr = np.asarray(cm)
+    size = max(4, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(cm_arr, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = cm_arr.max() / 2 if cm_arr.size else 0
+    for i in range(cm_arr.shape[0]):
+        for j in range(cm_arr.shape[1]):
+            ax.text(
+                j,
+                i,
+                str(cm_arr[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm_arr[i, j] > threshold else "black",
+            )
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_reports(
+    out: Path, model, data, history: list[dict], run_record: dict, *, batch_size: int
+) -> dict:
+    probs = model.predict(data.val.x.astype(np.float32), batch_size=batch_size, verbose=0)
+    metrics = classification_metrics(data.val.y, probs.argmax(axis=1), data.classes)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(history, out / "curves.png")
+    plot_confusion(metrics["confusion_matrix"], list(data.classes), out / "confusion.png")
+    run_record = {**run_record, "val_accuracy": metrics["accuracy"]}
+    (out / "run.json").write_text(json.dumps(run_record, indent=2))
+    (out / "report.md").write_text(_report_md(metrics, history, run_record))
+    return metrics
+
+
+def _report_md(metrics: dict, history: list[dict], run: dict) -> str:
+    cfg = run["config"]
+    lines = [
+        "# Training report",
+        "",
+        f"- data: `{cfg['data_dir']}` ({run['counts']['train']} train / {run['counts']['val']} validation images, "
+        f"{len(run['classes'])} classes), fingerprint `{run['data_fingerprint'][:16]}`",
+        f"- unreadable images skipped: {len(run['bad_images'])}",
+        f"- model: VGG16 at {cfg['image_size']}x{cfg['image_size']}, backbone weights: {run['weights']}",
+        f"- strategy: {cfg['strategy'] if cfg['weights'] != 'none' else 'from scratch'}; epochs head/fine-tune: "
+        f"{cfg['epochs_head']}/{cfg['epochs_finetune']}; seed {run['seed']}",
+        f"- device: {run['device']}",
+        f"- time: {', '.join(f'{k} {v:.1f} s' for k, v in run['timings'].items())}",
+        "",
+        f"**Validation accuracy: {metrics['accuracy']:.1%}** (macro F1 {metrics['macro_f1']:.3f})",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, m in metrics["per_class"].items():
+        lines.append(
+            f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+        )
+    lines += [
+        "",
+        "| epoch | phase | loss | accuracy | val loss | val accuracy |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for h in history:
+        lines.append(
+            f"| {h['epoch']} | {h['phase']} | {h.get('loss', float('nan')):.4f} | {h.get('accuracy', float('nan')):.3f} "
+            f"| {h.get('val_loss', float('nan')):.4f} | {h.get('val_accuracy', float('nan')):.3f} |"
+        )
+    lines += ["", "![training curves](curves.png)", "", "![confusion matrix](confusion.png)", ""]
+    return "\n".join(lines)
