@@ -38,6 +38,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Regenerates tl2edge/_proto from protos/ (grpcio-tools from the dev extra); a test fails when
+# the committed stubs are stale.
+protos: $(STAMP)
+	$(BIN)/python -m tl2edge.serve.protogen
+
 # Pretrains VGG16 from scratch on the synthetic source task and keeps its backbone as
 # assets/vgg16_synth_source.npz (float16, compressed) with its training report.
 source-backbone: $(STAMP)

@@ -1,0 +1,92 @@
+"""Regenerate the gRPC stubs in `tl2edge/_proto` from the sources in `protos/`.
+
+    .venv/bin/python -m tl2edge.serve.protogen            # what `make protos` runs
+    .venv/bin/python -m tl2edge.serve.protogen --out DIR  # elsewhere (the staleness test)
+
+The .proto files keep their package paths (`inference/grpc_service.proto`, the name
+tritonclient's descriptors use too, minus the folder), but the Python modules land flat in
+one package and import each other relatively, so `tl2edge._proto` is self-contained and
+never shadows a top-level `inference` or `tl2edge` module. Needs grpcio-tools (the `dev`
+extra); the server itself never imports this module's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOS = ROOT / "protos"
+OUT = ROOT / "tl2edge" / "_proto"
+HEADER = '"""Generated protobuf and gRPC code: written by `make protos`, never edited by hand."""\n'
+
+
+def proto_files(protos: Path = PROTOS) -> list[Path]:
+    return sorted(p.relative_to(protos) for p in protos.rglob("*.proto"))
+
+
+def generate(out: Path = OUT, protos: Path = PROTOS) -> list[Path]:
+    """Write `*_pb2.py`, `*_pb2.pyi` and `*_pb2_grpc.py` for every proto into `out`."""
+    from grpc_tools import protoc  # dev-only dependency
+
+    sources = proto_files(protos)
+    packages = {str(p.parent).replace("/", ".") for p in sources}
+    include = Path(protoc.__file__).parent / "_proto"
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "protoc",
+            f"-I{protos}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *map(str, sources),
+        ]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed: {' '.join(args)}")
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*_pb2*.py*"):
+            old.unlink()
+        for path in sorted(Path(tmp).rglob("*_pb2*.py*")):
+            target = out / path.name
+            if target.exists():
+                raise RuntimeError(f"two protos generate {path.name}; rename one")
+            target.write_text(_relative_imports(path.read_text(), packages))
+            written.append(target)
+    init = out / "__init__.py"
+    if not init.exists():
+        init.write_text(HEADER)
+    return written
+
+
+def _relative_imports(code: str, packages: set[str]) -> str:
+    """`from inference import model_config_pb2` -> `from . import model_config_pb2`."""
+
+    def fix(match: re.Match[str]) -> str:
+        return f"from . import {match.group(2)}" if match.group(1) in packages else match.group(0)
+
+    return re.sub(r"^from ([\w.]+) import (\w+_pb2\b)", fix, code, flags=re.MULTILINE)
+
+
+def stale_files(out: Path = OUT) -> list[str]:
+    """Generated files that differ from what the protos give now (empty when up to date)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = {p.name: p.read_text() for p in generate(Path(tmp))}
+    current = {p.name: p.read_text() for p in out.glob("*_pb2*.py*")}
+    names = sorted(set(fresh) | set(current))
+    return [n for n in names if fresh.get(n) != current.get(n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    for path in generate(args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
