@@ -227,13 +227,15 @@ def train(
                         metrics=["accuracy"],
                         jit_compile=device["jit_compile"],
                     )
+                # The log row is written before the backup marks the epoch done: an
+                # interruption in between repeats the epoch, and the history keeps the last row.
                 callbacks = [
+                    keras.callbacks.CSVLogger(
+                        str(out / f"history-{phase.name}.csv"), append=resume
+                    ),
                     keras.callbacks.BackupAndRestore(str(ckpt / f"{phase.name}-backup")),
                     keras.callbacks.EarlyStopping(
                         monitor="val_loss", patience=cfg.patience, restore_best_weights=True
-                    ),
-                    keras.callbacks.CSVLogger(
-                        str(out / f"history-{phase.name}.csv"), append=resume
                     ),
                 ]
                 if cfg.tensorboard:
@@ -319,17 +321,20 @@ def train(
 
 
 def _merge_history(out: Path, phases: list[str]) -> list[dict]:
-    """Rows of every phase's CSV log, epochs numbered across phases."""
+    """Rows of every phase's CSV log (the last row per epoch), numbered across phases."""
     rows: list[dict] = []
     for name in phases:
         path = out / f"history-{name}.csv"
         if not path.is_file():
             continue
+        by_epoch: dict[int, dict] = {}
         with path.open() as f:
             for row in csv.DictReader(f):
-                entry = {
+                values = {
                     k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", None)
                 }
-                rows.append({"epoch": len(rows) + 1, "phase": name, **entry})
+                by_epoch[int(row["epoch"])] = values
+        for epoch in sorted(by_epoch):
+            rows.append({"epoch": len(rows) + 1, "phase": name, **by_epoch[epoch]})
     (out / "history.json").write_text(json.dumps(rows, indent=2))
     return rows

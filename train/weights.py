@@ -142,10 +142,22 @@ def load_backbone_weights(model, spec: str) -> str:
 
 
 def _load_keras_file(vgg, path: Path) -> None:
-    try:
-        vgg.load_weights(str(path))
-    except (ValueError, OSError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    import warnings
+
+    # Keras only warns when a .weights.h5 file has no group for a layer and keeps that
+    # layer's fresh weights; here a partial load is an error.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            vgg.load_weights(str(path))
+        except (ValueError, OSError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"weights file {path} does not fit VGG16's backbone (include_top=False): {first}"
+            ) from exc
+    skipped = [str(w.message) for w in caught if "skipping" in str(w.message).lower()]
+    if skipped:
         raise UserError(
-            f"weights file {path} does not fit VGG16's backbone (include_top=False): {first}"
-        ) from exc
+            f"weights file {path} does not fit VGG16's backbone (include_top=False): "
+            f"{skipped[0][:200]}"
+        )
