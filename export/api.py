@@ -1,0 +1,347 @@
+"""`export(run_dir, ...)`: a training run becomes validated ONNX bundles in a model repository.
+
+Steps: check inputs (before any heavy work) -> convert to fp32 ONNX (checked, optimized) ->
+parity gate vs Keras -> int8 (static QDQ; `auto` tries recipes) and/or fp16 with the
+accuracy gate -> latency and throughput per variant -> bundles + report -> publish. Everything
+is built in a staging folder inside REPO and moved into place at the end, all variants or none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tl2edge import __version__
+from tl2edge.export import bench, gates, repository
+from tl2edge.export import onnx as onnx_step
+from tl2edge.export.config import DEFAULT_VARIANTS, ExportConfig
+from tl2edge.manifest import MANIFEST, MODEL_FILE, Manifest, TensorSpec, sha256_file
+
+log = logging.getLogger("tl2edge.export")
+
+CONFIG_FILE = "export_config.json"
+
+
+@dataclass(frozen=True)
+class VariantRow:
+    variant: str
+    model_name: str
+    version: int
+    path: Path  # the version folder: model.onnx, manifest.json, report.*
+    size_bytes: int
+    accuracy: float  # on the run's validation images, 0..1
+    agreement: float  # top-1 agreement with fp32 (fp32: with Keras), 0..1
+    max_abs_diff: float  # max |probs - fp32 probs| (fp32: vs Keras)
+    latency_p50_ms: float  # batch 1, CPU execution provider
+    latency_p90_ms: float
+    throughput_b8: float  # images/s at batch 8
+    quantization: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "path": str(self.path)}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    repository: Path
+    name: str
+    version: int
+    rows: tuple[VariantRow, ...]
+    keras_accuracy: float
+    seconds: float
+
+    def row(self, variant: str) -> VariantRow:
+        return next(r for r in self.rows if r.variant == variant)
+
+    @property
+    def next_command(self) -> str:
+        return f"tl2edge serve --repository {self.repository}"
+
+    def table(self) -> str:
+        from tl2edge.export.report import variant_table
+
+        return variant_table([r.to_dict() for r in self.rows])
+
+
+def export(
+    run_dir: str | Path,
+    *,
+    repository: str | Path,
+    name: str,
+    version: int | None = None,
+    variants: tuple[str, ...] | list[str] = DEFAULT_VARIANTS,
+    opset: int = 17,
+    calibration_dir: str | Path | None = None,
+    calibration_samples: int = 128,
+    calibration_method: str = "minmax",
+    quantization: str = "auto",
+    max_accuracy_drop: float = 1.0,
+    overwrite: bool = False,
+    bench_seconds: float = 2.0,
+) -> ExportResult:
+    """Export the run in `run_dir` to REPO/<name>-<variant>/<version>/ for each variant.
+
+    Raises UserError (nothing written) for bad input or a failed quality gate.
+    """
+    cfg = ExportConfig(
+        run_dir=str(run_dir),
+        repository=str(repository),
+        name=name,
+        version=version,
+        variants=tuple(variants),
+        opset=opset,
+        calibration_dir=None if calibration_dir is None else str(calibration_dir),
+        calibration_samples=calibration_samples,
+        calibration_method=calibration_method,
+        quantization=quantization,
+        max_accuracy_drop=max_accuracy_drop,
+        bench_seconds=bench_seconds,
+        overwrite=overwrite,
+    )
+    return run_export(cfg)
+
+
+def run_export(cfg: ExportConfig) -> ExportResult:
+    from tl2edge.export import rundir
+
+    t0 = time.perf_counter()
+    run = rundir.open_run(cfg.run_dir)
+    repo = Path(cfg.repository)
+    version = cfg.version or repository.next_version(repo, cfg.name, cfg.variants)
+    repository.check_free(repo, cfg.name, cfg.variants, version, overwrite=cfg.overwrite)
+    calibration = None
+    if "int8" in cfg.variants and cfg.calibration_dir:
+        calibration = rundir.load_calibration_dir(cfg.calibration_dir, image_size=run.image_size)
+    log.info("export %s as version %d", cfg, version)
+
+    model = rundir.load_keras_model(run)
+    train, val = rundir.load_run_images(run)
+    calib_x = rundir.sample(calibration or train, cfg.calibration_samples, seed=cfg.seed)
+
+    with repository.staging(repo) as stage:
+        files = {"fp32": stage / "fp32.onnx"}
+        proto = onnx_step.convert_keras(model, opset=cfg.opset)
+        import onnx
+
+        onnx.save(proto, str(stage / "converted.onnx"))
+        del proto
+        onnx_step.check(stage / "converted.onnx")
+        onnx_step.optimize(stage / "converted.onnx", files["fp32"])
+        t_convert = time.perf_counter() - t0
+
+        keras_probs = model.predict(val.x.astype(np.float32), batch_size=32, verbose=0)
+        keras_q = gates.measure_quality(keras_probs, val.y, keras_probs)
+        fp32_session = bench.make_session(files["fp32"], device="cpu")
+        fp32_probs = bench.predict(fp32_session, val.x)
+        quality = {"fp32": gates.measure_quality(fp32_probs, val.y, keras_probs)}
+        gates.check_parity(quality["fp32"], limit=cfg.max_abs_diff, opset=cfg.opset)
+        log.info(
+            "fp32: parity with Keras %.2e, accuracy %.2f%%",
+            quality["fp32"].max_abs_diff,
+            quality["fp32"].accuracy * 100,
+        )
+
+        quant_info = None
+        if "int8" in cfg.variants:
+            from tl2edge.export.select import choose_int8
+
+            files["int8"], quality["int8"], quant_info = choose_int8(
+                cfg, stage, files["fp32"], calib_x, val.x, val.y, fp32_probs, quality["fp32"]
+            )
+        if "fp16" in cfg.variants:
+            from tl2edge.export.fp16 import convert_fp16
+
+            files["fp16"] = stage / "fp16.onnx"
+            convert_fp16(files["fp32"], files["fp16"])
+            onnx_step.check(files["fp16"])
+            probs = bench.predict(bench.make_session(files["fp16"]), val.x)
+            quality["fp16"] = gates.measure_quality(probs, val.y, fp32_probs)
+            message = gates.accuracy_gate_message(
+                "fp16",
+                quality["fp16"],
+                fp32_accuracy=quality["fp32"].accuracy,
+                max_drop=cfg.max_accuracy_drop,
+            )
+            if message:
+                raise gates.GateFailed(message)
+        t_variants = time.perf_counter() - t0
+
+        sample_x = val.x[:8] if len(val.x) else calib_x[:8]
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        rows, moves = [], {}
+        for variant in (v for v in ("fp32", "int8", "fp16") if v in cfg.variants):
+            timings = bench.bench_session(
+                bench.make_session(files[variant]), sample_x, (1, 8), seconds=cfg.bench_seconds
+            )
+            bundle = stage / "bundles" / variant
+            bundle.mkdir(parents=True)
+            manifest = _write_bundle(
+                bundle,
+                files[variant],
+                cfg=cfg,
+                run=run,
+                variant=variant,
+                version=version,
+                quality=quality[variant],
+                timings=timings,
+                quantization=(quant_info or {}).get("recipe") if variant == "int8" else None,
+                created=created,
+            )
+            rows.append(
+                VariantRow(
+                    variant=variant,
+                    model_name=manifest.name,
+                    version=version,
+                    path=repository.version_dir(repo, cfg.name, variant, version),
+                    size_bytes=(bundle / MODEL_FILE).stat().st_size,
+                    accuracy=quality[variant].accuracy,
+                    agreement=quality[variant].agreement,
+                    max_abs_diff=quality[variant].max_abs_diff,
+                    latency_p50_ms=timings[0].p50_ms,
+                    latency_p90_ms=timings[0].p90_ms,
+                    throughput_b8=timings[1].throughput,
+                    quantization=(quant_info or {}).get("chosen") if variant == "int8" else None,
+                )
+            )
+            moves[bundle] = rows[-1].path
+
+        result = ExportResult(
+            repository=repo,
+            name=cfg.name,
+            version=version,
+            rows=tuple(rows),
+            keras_accuracy=keras_q.accuracy,
+            seconds=round(time.perf_counter() - t0, 2),
+        )
+        payload = _report_payload(cfg, run, result, quality, quant_info, val.x, created)
+        payload["timings"] = {
+            "convert_s": round(t_convert, 2),
+            "variants_s": round(t_variants, 2),
+            "total_s": result.seconds,
+        }
+        from tl2edge.export.report import write_report
+
+        report_files = write_report(stage / "report", payload)
+        for bundle in moves:
+            for f in report_files:
+                shutil.copy2(f, bundle / f.name)
+            (bundle / CONFIG_FILE).write_text(json.dumps(cfg.to_json(), indent=2))
+        repository.publish(moves, overwrite=cfg.overwrite)
+    log.info("exported %s v%d in %.1f s", cfg.name, version, result.seconds)
+    return result
+
+
+def _tools() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import tf2onnx
+
+    return {
+        "tl2edge": __version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "tf2onnx": tf2onnx.__version__,
+    }
+
+
+def _write_bundle(
+    bundle: Path,
+    model_file: Path,
+    *,
+    cfg: ExportConfig,
+    run: Any,
+    variant: str,
+    version: int,
+    quality: gates.Quality,
+    timings: list[bench.Timing],
+    quantization: dict[str, Any] | None,
+    created: str,
+) -> Manifest:
+    """model.onnx (with metadata_props) + manifest.json in `bundle`."""
+    size = run.image_size
+    manifest = Manifest(
+        name=repository.model_name(cfg.name, variant),
+        version=version,
+        variant=variant,
+        labels=list(run.labels),
+        input=TensorSpec(onnx_step.INPUT_NAME, "UINT8", [-1, size, size, 3]),
+        output=TensorSpec(onnx_step.OUTPUT_NAME, "FP32", [-1, len(run.labels)]),
+        sha256="",
+        quantization=quantization,
+        metrics={
+            **quality.to_dict(),
+            "reference": "keras" if variant == "fp32" else "fp32",
+            "opset": cfg.opset,
+            "latency_cpu": [t.to_dict() for t in timings],
+        },
+        source={
+            "run_dir": str(run.path.resolve()),
+            "model_sha256": sha256_file(run.model_path),
+            "export": cfg.to_json(),
+        },
+        tools=_tools(),
+        created=created,
+    )
+    target = bundle / MODEL_FILE
+    shutil.copy2(model_file, target)
+    onnx_step.set_metadata(target, onnx_step.metadata_for(manifest.to_dict()))
+    manifest = Manifest.from_dict({**manifest.to_dict(), "sha256": sha256_file(target)})
+    (bundle / MANIFEST).write_text(manifest.to_json())
+    return manifest
+
+
+def _report_payload(
+    cfg: ExportConfig,
+    run: Any,
+    result: ExportResult,
+    quality: dict[str, gates.Quality],
+    quant_info: dict[str, Any] | None,
+    val_x: np.ndarray,
+    created: str,
+) -> dict[str, Any]:
+    import onnxruntime
+
+    return {
+        "name": cfg.name,
+        "version": result.version,
+        "repository": str(result.repository),
+        "run_dir": str(run.path),
+        "labels": list(run.labels),
+        "image_size": run.image_size,
+        "created": created,
+        "validation_images": len(val_x),
+        "config": cfg.to_json(),
+        "keras": {
+            "accuracy": result.keras_accuracy,
+            "max_abs_diff": quality["fp32"].max_abs_diff,
+        },
+        "variants": [r.to_dict() for r in result.rows],
+        "quantization": quant_info,
+        "machine": {
+            "cpu": _cpu_name(),
+            "providers": "CPUExecutionProvider",
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+        "seconds": result.seconds,
+        "next_command": result.next_command,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
