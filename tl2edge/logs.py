@@ -59,4 +59,5 @@ def quiet_tensorflow() -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    # tf.function retracing notes and the like are for TensorFlow developers, not users.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
