@@ -1,0 +1,79 @@
+# tl2edge serving image: `tl2edge serve` on ONNX Runtime, no TensorFlow inside.
+#
+#   CPU (default):  docker build -t tl2edge:cpu .
+#   NVIDIA GPU:     docker build -t tl2edge:gpu --build-arg VARIANT=gpu \
+#                     --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 .
+#   model inside:   docker build -t tl2edge:cpu-flowers --build-arg MODEL_REPO=bundle/repo .
+#   without Docker: make image  (buildah on a locally debootstrapped Debian base)
+#
+#   docker run -p 8500:8500 -p 9090:9090 -v $PWD/repo:/models:ro tl2edge:cpu
+#
+# Every `tl2edge serve` flag can also be set by an environment variable: --max-batch-size
+# is TL2EDGE_MAX_BATCH_SIZE, and so on (deploy/container/entrypoint.py); flags given as
+# arguments win. docs/operations.md has the details.
+
+# Any image with Python 3.11 or 3.12, or none (a Debian/Ubuntu base gets it from apt).
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS base
+# The CUDA images ship no Python; Debian's and Ubuntu's (3.11 / 3.12) are fine for us.
+RUN if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            python3 python3-venv ca-certificates \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
+# ---- builder: a venv with tl2edge[serve], built from this checkout -------------------
+FROM base AS builder
+# cpu: onnxruntime; gpu: onnxruntime-gpu. Releases 1.19 to 1.2x on PyPI are built for
+# CUDA 12.x + cuDNN 9.x; the CUDA base image must match (docs/operations.md).
+ARG VARIANT=cpu
+ARG ORT_GPU_REQUIREMENT="onnxruntime-gpu>=1.20,<1.24"
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/venv
+# Dependencies first, from pyproject.toml alone, so a code change reuses this layer.
+COPY pyproject.toml /src/pyproject.toml
+RUN set -e; \
+    case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 2;; esac; \
+    python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > /tmp/requirements.txt; \
+    if [ "$VARIANT" = gpu ]; then \
+        sed -i '/^onnxruntime/d' /tmp/requirements.txt; \
+        echo "$ORT_GPU_REQUIREMENT" >> /tmp/requirements.txt; \
+    fi; \
+    /opt/venv/bin/pip install -r /tmp/requirements.txt
+COPY . /src
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
+    && /opt/venv/bin/pip install --no-deps /tmp/wheels/tl2edge-*.whl \
+    && install -m 0755 /src/deploy/container/entrypoint.py /opt/venv/bin/tl2edge-entrypoint \
+    && sed -i '1s|.*|#!/opt/venv/bin/python|' /opt/venv/bin/tl2edge-entrypoint \
+    && /opt/venv/bin/python -m pip uninstall -y -q setuptools pip \
+    && /opt/venv/bin/python -c "import tl2edge.serve, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+
+# ---- runtime --------------------------------------------------------------------------
+FROM base AS runtime
+ARG VARIANT=cpu
+ARG MODEL_REPO=""
+LABEL org.opencontainers.image.title="tl2edge" \
+      org.opencontainers.image.description="tl2edge gRPC image classifier server (ONNX Runtime, KServe v2 + Classify API)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.tl2edge.variant="${VARIANT}"
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin tl2edge
+COPY --from=builder /opt/venv /opt/venv
+# An empty /models unless MODEL_REPO names a repository inside the build context.
+COPY ${MODEL_REPO:-deploy/container/models}/ /models/
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TL2EDGE_REPOSITORY=/models \
+    TL2EDGE_HOST=0.0.0.0 \
+    TL2EDGE_PORT=8500 \
+    TL2EDGE_METRICS_PORT=9090
+USER 10001:10001
+EXPOSE 8500 9090
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["tl2edge-entrypoint", "--healthcheck"]
+ENTRYPOINT ["tl2edge-entrypoint"]
