@@ -1,0 +1,278 @@
+"""The protocol-neutral data plane: what every RPC of every API calls.
+
+Servicers turn their messages into numpy arrays or encoded images and call one method
+here; this layer picks the model, admits or refuses the request (draining, overload),
+validates pixels, decodes images off the event loop, batches through the model's
+`Batcher`, and counts the outcome.
+
+Pixel input contract (both APIs): uint8 RGB 0..255, NHWC, the model's height and width.
+Float pixels are accepted if every value is finite and within 0..255; they are rounded to
+the nearest integer for uint8 models. NaN or Inf is refused with INVALID_ARGUMENT rather
+than silently turned into some pixel value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, TypeVar
+
+import grpc
+import numpy as np
+
+from tl2edge.images import BadImage, decode_rgb, resize_rgb
+from tl2edge.serve.batching import BatcherClosed
+from tl2edge.serve.errors import (
+    InvalidInput,
+    Overloaded,
+    ServeError,
+    Unavailable,
+)
+from tl2edge.serve.metrics import Metrics
+from tl2edge.serve.repository import LoadedModel, ModelRepository
+
+log = logging.getLogger("tl2edge.serve.dataplane")
+
+DEFAULT_TOP_K = 5
+MAX_IMAGES_PER_REQUEST = 1024
+MAX_SIDE = 16384
+
+
+class Prediction(NamedTuple):
+    label: str
+    index: int
+    score: float
+
+
+def top_k(probs: np.ndarray, k: int, labels: Sequence[str]) -> list[list[Prediction]]:
+    """Best k classes per row, highest score first (ties: lower index first)."""
+    k = max(1, min(k or DEFAULT_TOP_K, probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        [Prediction(labels[i] if i < len(labels) else str(i), int(i), float(row[i])) for i in idx]
+        for row, idx in zip(probs, order, strict=True)
+    ]
+
+
+class DataPlane:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        metrics: Metrics | None = None,
+        max_concurrent_requests: int = 256,
+        default_model: str | None = None,
+        decode_threads: int = 2,
+    ) -> None:
+        self.repository = repository
+        self.metrics = metrics or Metrics()
+        self.max_concurrent = max_concurrent_requests
+        self.default_model = default_model
+        self.ready = False
+        self.draining = False
+        self.inflight = 0
+        self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- models ------------------------------------------------------------------------------
+    def model(self, name: str = "", version: str | int = "") -> LoadedModel:
+        if not name:
+            name = self.default_model_name()
+        return self.repository.get(name, version)
+
+    def default_model_name(self) -> str:
+        if self.default_model:
+            return self.default_model
+        names = sorted(self.repository.models)
+        if len(names) == 1:
+            return names[0]
+        raise InvalidInput(
+            f"this server has {len(names)} models ({', '.join(names)}); name one in the request "
+            f"(or start the server with --default-model)"
+        )
+
+    # -- admission ---------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def admit(self, api: str, model: str = "") -> AsyncIterator[None]:
+        """Count one inference request; refuse it when draining, not ready, or overloaded."""
+        start = time.perf_counter()
+        outcome = "OK"
+        try:
+            if self.draining:
+                raise Unavailable("server is shutting down; retry on another replica")
+            if not self.ready:
+                raise Unavailable("models are still loading; retry when health says SERVING")
+            if self.inflight >= self.max_concurrent:
+                raise Overloaded(
+                    f"server is at its limit of {self.max_concurrent} concurrent requests "
+                    f"(--max-concurrent-requests); retry with backoff"
+                )
+            self.inflight += 1
+            self._idle.clear()
+            self.metrics.inflight.set(self.inflight)
+            try:
+                yield
+            finally:
+                self.inflight -= 1
+                self.metrics.inflight.set(self.inflight)
+                if self.inflight == 0:
+                    self._idle.set()
+        except ServeError as exc:
+            outcome = exc.code.name
+            raise
+        except asyncio.CancelledError:
+            outcome = grpc.StatusCode.CANCELLED.name
+            raise
+        except Exception:
+            outcome = grpc.StatusCode.INTERNAL.name
+            raise
+        finally:
+            self.metrics.requests.labels(api, model or "-", outcome).inc()
+            self.metrics.request_seconds.labels(api).observe(time.perf_counter() - start)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if `timeout` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    # -- inference ---------------------------------------------------------------------------
+    async def infer(
+        self, model: LoadedModel, pixels: np.ndarray, *, pinned: bool = False
+    ) -> tuple[LoadedModel, np.ndarray]:
+        """probs [N, C] for pixels [N, H, W, 3]; returns the model version that answered.
+
+        `pinned`: the caller asked for this exact version (else: the latest, even if a
+        newer one is swapped in while the request waits).
+        """
+        pixels = self.check_pixels(model, pixels)
+        start = time.perf_counter()
+        ok = False
+        try:
+            for _ in range(3):
+                try:
+                    probs = await model.batcher.submit(pixels)
+                    ok = True
+                    return model, probs
+                except BatcherClosed:
+                    # Hot reload retired this version after lookup: ask the repository again.
+                    model = self.repository.get(model.name, model.version if pinned else "")
+            raise Unavailable(f"model {model.name} is being reloaded; retry")
+        finally:
+            model.stats.request_done(ok, len(pixels), time.perf_counter() - start)
+
+    def check_pixels(self, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+        h, w = model.image_size
+        if pixels.ndim != 4 or pixels.shape[1:] != (h, w, 3):
+            raise InvalidInput(
+                f"pixels have shape {list(pixels.shape)}; model {model.name} expects "
+                f"[N, {h}, {w}, 3] (RGB, NHWC)"
+            )
+        if len(pixels) == 0:
+            raise InvalidInput("empty batch: send at least one image")
+        if len(pixels) > MAX_IMAGES_PER_REQUEST:
+            raise InvalidInput(
+                f"{len(pixels)} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}"
+            )
+        if pixels.dtype == np.uint8:
+            return pixels if model.input_dtype is np.uint8 else pixels.astype(model.input_dtype)
+        if pixels.dtype.kind != "f":
+            raise InvalidInput(f"pixel type {pixels.dtype} is not supported; send uint8 or float32")
+        bad = int(np.count_nonzero(~np.isfinite(pixels)))
+        if bad:
+            raise InvalidInput(f"{bad} pixel values are NaN or Inf; send finite values in 0..255")
+        lo, hi = float(pixels.min()), float(pixels.max())
+        if lo < 0 or hi > 255:
+            raise InvalidInput(f"pixel values span {lo:g}..{hi:g}; send raw RGB values in 0..255")
+        if model.input_dtype is np.uint8:
+            return np.rint(pixels).astype(np.uint8)
+        return pixels.astype(model.input_dtype, copy=False)
+
+    async def decode(self, model: LoadedModel, images: Sequence[bytes | np.ndarray]) -> np.ndarray:
+        """Encoded images or HxWx3 uint8 arrays -> [N, H, W, 3] at the model's size."""
+        if not images:
+            raise InvalidInput("empty batch: send at least one image")
+        if len(images) > MAX_IMAGES_PER_REQUEST:
+            raise InvalidInput(
+                f"{len(images)} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}"
+            )
+        size = model.image_size
+        if all(isinstance(i, np.ndarray) and i.shape[:2] == size for i in images):
+            return np.stack(images)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoder, _decode_all, list(images), size)
+
+    async def classify(
+        self,
+        model: LoadedModel,
+        images: Sequence[bytes | np.ndarray],
+        k: int,
+        *,
+        pinned: bool = False,
+    ) -> tuple[LoadedModel, list[list[Prediction]]]:
+        pixels = await self.decode(model, images)
+        model, probs = await self.infer(model, pixels, pinned=pinned)
+        return model, top_k(probs, k, model.labels)
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=False)
+
+
+def _decode_all(images: list[bytes | np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    out = np.empty((len(images), *size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        try:
+            out[i] = (
+                resize_rgb(image, size)
+                if isinstance(image, np.ndarray)
+                else decode_rgb(image, size)
+            )
+        except BadImage as exc:
+            raise InvalidInput(f"image {i}: {exc}; send JPEG, PNG, BMP or GIF bytes") from None
+    return out
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def ordered_stream(
+    requests: AsyncIterator[T], handle: Callable[[T], Awaitable[R]], *, window: int = 16
+) -> AsyncIterator[R]:
+    """Handle stream messages concurrently (up to `window`) and yield results in order.
+
+    `handle` must not raise for a bad message; it returns an error response instead.
+    """
+    pending: asyncio.Queue[asyncio.Task[R] | None] = asyncio.Queue(maxsize=window)
+
+    async def read() -> None:
+        async for request in requests:
+            await pending.put(asyncio.ensure_future(handle(request)))
+        await pending.put(None)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while True:
+            getter = asyncio.ensure_future(pending.get())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                reader.result()  # the client stream failed: raise its error
+                getter = asyncio.ensure_future(pending.get())
+            task = await getter
+            if task is None:
+                return
+            yield await task
+    finally:
+        reader.cancel()
+        while not pending.empty():
+            task = pending.get_nowait()
+            if task is not None:
+                task.cancel()

@@ -1,0 +1,325 @@
+"""`inference.GRPCInferenceService`: the Open Inference Protocol (KServe v2) servicer.
+
+Thin: tensors in the request become a numpy array (or a list of encoded images), one data
+plane call, and the outputs go back in `raw_output_contents` as tritonclient expects.
+Input tensor: the model's input name, UINT8 or FP32 [N, H, W, 3], or BYTES [N] / [N, 1]
+of encoded images. Requested output `classification` (int64 k) gives BYTES [N, k] of
+"score:index:label".
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+
+from tl2edge import __version__
+from tl2edge._proto import grpc_service_pb2 as pb
+from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc
+from tl2edge._proto import model_config_pb2 as mc
+from tl2edge.serve.dataplane import DataPlane, ordered_stream, top_k
+from tl2edge.serve.errors import InvalidInput, ServeError, rpc_errors, stream_error_text
+from tl2edge.serve.repository import LoadedModel
+
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["classification", "model_configuration", "statistics", "binary_tensor_data"]
+DTYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
+CONFIG_TYPES = {"UINT8": mc.TYPE_UINT8, "FP32": mc.TYPE_FP32}
+
+
+def serialize_bytes(items: list[bytes]) -> bytes:
+    """BYTES tensor wire form: each element as a 4-byte little-endian length + its bytes."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def deserialize_bytes(raw: bytes) -> list[bytes]:
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidInput("BYTES tensor is truncated: a 4-byte length prefix is cut off")
+        (n,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + n > len(raw):
+            raise InvalidInput(
+                f"BYTES tensor is truncated: element {len(items)} announces {n} bytes, "
+                f"{len(raw) - offset} remain"
+            )
+        items.append(raw[offset : offset + n])
+        offset += n
+    return items
+
+
+def request_input(request: pb.ModelInferRequest, model: LoadedModel) -> np.ndarray | list[bytes]:
+    """The one input tensor of the request: pixels [N, H, W, 3] or encoded images."""
+    if len(request.inputs) != 1:
+        raise InvalidInput(
+            f"{len(request.inputs)} input tensors; model {model.name} takes exactly one, "
+            f"{model.input_name!r}"
+        )
+    tensor = request.inputs[0]
+    if tensor.name != model.input_name:
+        raise InvalidInput(
+            f"unknown input {tensor.name!r}; model {model.name} takes {model.input_name!r}"
+        )
+    raw = request.raw_input_contents
+    if raw and len(raw) != 1:
+        raise InvalidInput(f"{len(raw)} raw_input_contents for 1 input; send one per input")
+    if raw and tensor.HasField("contents"):
+        raise InvalidInput("input has both raw_input_contents and contents; send one of them")
+    shape = list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input shape {shape} has a negative dimension")
+    h, w = model.image_size
+    if tensor.datatype == "BYTES":
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise InvalidInput(
+                f"BYTES input shape {shape}: send encoded images as shape [N] or [N, 1]"
+            )
+        items = deserialize_bytes(raw[0]) if raw else list(tensor.contents.bytes_contents)
+        if len(items) != shape[0]:
+            raise InvalidInput(
+                f"BYTES input has {len(items)} elements, its shape {shape} says {shape[0]}"
+            )
+        return items
+    dtype = DTYPES.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidInput(
+            f"input datatype {tensor.datatype!r} is not accepted; send UINT8 or FP32 pixels "
+            f"[N, {h}, {w}, 3] or BYTES encoded images [N]"
+        )
+    if len(shape) != 4 or shape[1:] != [h, w, 3]:
+        raise InvalidInput(
+            f"input shape {shape} does not match model {model.name}: expected [N, {h}, {w}, 3] "
+            f"(RGB pixels, NHWC); send BYTES to have the server decode and resize images"
+        )
+    count = int(np.prod(shape))
+    if raw:
+        expected = count * dtype.itemsize
+        if len(raw[0]) != expected:
+            raise InvalidInput(
+                f"raw input has {len(raw[0])} bytes; shape {shape} of {tensor.datatype} needs "
+                f"{expected}"
+            )
+        return np.frombuffer(raw[0], dtype=dtype).reshape(shape)
+    if tensor.datatype == "UINT8":
+        values = np.asarray(tensor.contents.uint_contents, dtype=np.int64)
+        if values.size and values.max() > 255:
+            raise InvalidInput("UINT8 contents hold values above 255")
+    else:
+        values = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
+    if values.size != count:
+        raise InvalidInput(f"input contents have {values.size} values; shape {shape} needs {count}")
+    return values.astype(dtype).reshape(shape)
+
+
+def _classification_k(request: pb.ModelInferRequest, model: LoadedModel) -> int:
+    """0 for plain probabilities, else the requested top-k."""
+    if not request.outputs:
+        return 0
+    if len(request.outputs) != 1 or request.outputs[0].name != model.output_name:
+        names = [o.name for o in request.outputs]
+        raise InvalidInput(
+            f"unknown output(s) {names}; model {model.name} has {model.output_name!r}"
+        )
+    param = request.outputs[0].parameters.get("classification")
+    if param is None:
+        return 0
+    if param.WhichOneof("parameter_choice") != "int64_param" or param.int64_param < 1:
+        raise InvalidInput("output parameter 'classification' must be an int64 >= 1")
+    return int(param.int64_param)
+
+
+def infer_response(
+    request: pb.ModelInferRequest, model: LoadedModel, probs: np.ndarray, k: int
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(
+        model_name=model.name, model_version=str(model.version), id=request.id
+    )
+    out = response.outputs.add(name=model.output_name)
+    if k:
+        rows = top_k(probs, k, model.labels)
+        out.datatype = "BYTES"
+        out.shape.extend([len(rows), len(rows[0])])
+        response.raw_output_contents.append(
+            serialize_bytes(
+                [f"{p.score:f}:{p.index}:{p.label}".encode() for row in rows for p in row]
+            )
+        )
+    else:
+        out.datatype = "FP32"
+        out.shape.extend(probs.shape)
+        response.raw_output_contents.append(np.ascontiguousarray(probs, dtype="<f4").tobytes())
+    return response
+
+
+class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def _infer(self, request: pb.ModelInferRequest, api: str) -> pb.ModelInferResponse:
+        async with self.plane.admit(api, request.model_name):
+            model = self.plane.repository.get(request.model_name, request.model_version)
+            k = _classification_k(request, model)
+            data = request_input(request, model)
+            if isinstance(data, list):
+                data = await self.plane.decode(model, data)
+            model, probs = await self.plane.infer(model, data, pinned=bool(request.model_version))
+            return infer_response(request, model, probs, k)
+
+    @rpc_errors
+    async def ModelInfer(self, request, context):
+        return await self._infer(request, "kserve.ModelInfer")
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async def handle(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+            try:
+                response = await self._infer(request, "kserve.ModelStreamInfer")
+            except Exception as exc:  # reported in the stream, which continues
+                return pb.ModelStreamInferResponse(
+                    error_message=stream_error_text(exc),
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, id=request.id
+                    ),
+                )
+            return pb.ModelStreamInferResponse(infer_response=response)
+
+        async for response in ordered_stream(request_iterator, handle):
+            yield response
+
+    @rpc_errors
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @rpc_errors
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.plane.ready and not self.plane.draining)
+
+    @rpc_errors
+    async def ModelReady(self, request, context):
+        try:
+            self.plane.repository.get(request.name, request.version)
+        except ServeError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self.plane.ready and not self.plane.draining)
+
+    @rpc_errors
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="tl2edge", version=__version__, extensions=EXTENSIONS)
+
+    @rpc_errors
+    async def ModelMetadata(self, request, context):
+        model = self.plane.repository.get(request.name, request.version)
+        versions = self.plane.repository.models.get(model.name, {})
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(v) for v in versions],
+            platform=PLATFORM,
+            inputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=model.input_name,
+                    datatype=model.manifest.input.datatype,
+                    shape=[-1, *model.image_size, 3],
+                )
+            ],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=model.output_name, datatype="FP32", shape=[-1, len(model.labels)]
+                )
+            ],
+        )
+
+    @rpc_errors
+    async def ModelConfig(self, request, context):
+        model = self.plane.repository.get(request.name, request.version)
+        batching = self.plane.repository.batching
+        gpu = any(p != "CPUExecutionProvider" for p in model.providers)
+        config = mc.ModelConfig(
+            name=model.name,
+            platform=PLATFORM,
+            backend="onnxruntime",
+            max_batch_size=batching.max_batch_size,
+            input=[
+                mc.ModelInput(
+                    name=model.input_name,
+                    data_type=CONFIG_TYPES.get(model.manifest.input.datatype, mc.TYPE_UINT8),
+                    format=mc.ModelInput.FORMAT_NHWC,
+                    dims=[*model.image_size, 3],
+                )
+            ],
+            output=[
+                mc.ModelOutput(
+                    name=model.output_name, data_type=mc.TYPE_FP32, dims=[len(model.labels)]
+                )
+            ],
+            instance_group=[
+                mc.ModelInstanceGroup(
+                    count=batching.instances,
+                    kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+                )
+            ],
+            dynamic_batching=mc.ModelDynamicBatching(
+                max_queue_delay_microseconds=int(batching.max_batch_delay_ms * 1000)
+            ),
+        )
+        params = {
+            "version": str(model.version),
+            "variant": model.manifest.variant,
+            "labels": json.dumps(model.labels),
+            "providers": ",".join(model.providers),
+            "preprocessing": model.manifest.preprocessing,
+        }
+        for key, value in params.items():
+            config.parameters[key].string_value = value
+        return pb.ModelConfigResponse(config=config)
+
+    @rpc_errors
+    async def ModelStatistics(self, request, context):
+        repo = self.plane.repository
+        if request.name:
+            versions = repo.models.get(request.name)
+            if not versions:
+                repo.get(request.name)  # raises NOT_FOUND with the known names
+            models = (
+                [repo.get(request.name, request.version)]
+                if request.version
+                else list(
+                    versions.values()  # type: ignore[union-attr]
+                )
+            )
+        else:
+            models = repo.all()
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
+
+
+def _duration(d) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _statistics(model: LoadedModel) -> pb.ModelStatistics:
+    s = model.stats
+    with s.lock:
+        return pb.ModelStatistics(
+            name=model.name,
+            version=str(model.version),
+            last_inference=s.last_inference_ms,
+            inference_count=s.inference_count,
+            execution_count=s.execution_count,
+            inference_stats=pb.InferStatistics(
+                success=_duration(s.success),
+                fail=_duration(s.fail),
+                queue=_duration(s.queue),
+                compute_infer=_duration(s.compute),
+            ),
+            batch_stats=[
+                pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(d))
+                for size, d in sorted(s.batches.items())
+            ],
+        )
