@@ -89,30 +89,48 @@ def _prepare_out(cfg: TrainConfig, out: Path, *, overwrite: bool, resume: bool) 
     return cfg
 
 
+@dataclass(frozen=True)
+class DevicePlan:
+    strategy: str  # default | mirrored | multi-worker
+    mixed_precision: bool
+    jit_compile: bool
+
+
+def plan_devices(cfg: TrainConfig, *, gpus: int, tf_config: bool) -> DevicePlan:
+    """What to run on: a pure function of the config and the machine, so it is testable anywhere."""
+    if tf_config:
+        strategy = "multi-worker"
+    elif gpus > 1:
+        strategy = "mirrored"
+    else:
+        strategy = "default"
+    mixed = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and gpus > 0)
+    jit = cfg.jit_compile == "on" or (cfg.jit_compile == "auto" and gpus > 0)
+    return DevicePlan(strategy, mixed, jit)
+
+
 def _device_setup(cfg: TrainConfig):
     import keras
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    if "TF_CONFIG" in os.environ:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    elif len(gpus) > 1:
-        strategy = tf.distribute.MirroredStrategy()
-    else:
-        strategy = tf.distribute.get_strategy()
-    mixed = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and bool(gpus))
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    jit = cfg.jit_compile == "on" or (cfg.jit_compile == "auto" and bool(gpus))
+    plan = plan_devices(cfg, gpus=len(gpus), tf_config="TF_CONFIG" in os.environ)
+    strategy = {
+        "multi-worker": tf.distribute.MultiWorkerMirroredStrategy,
+        "mirrored": tf.distribute.MirroredStrategy,
+        "default": tf.distribute.get_strategy,
+    }[plan.strategy]()
+    keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")
     device = {
         "gpus": [g.name for g in gpus],
         "strategy": type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
-        "mixed_precision": mixed,
-        "jit_compile": jit,
+        "mixed_precision": plan.mixed_precision,
+        "jit_compile": plan.jit_compile,
     }
     log.info("device: %s", ", ".join(f"{k}={v}" for k, v in device.items()))
     if not gpus:
-        log.info("no GPU found: training on the CPU in float32 without XLA")
+        log.info("no GPU found: training on the CPU%s", "" if plan.jit_compile else " without XLA")
     return strategy, device
 
 
