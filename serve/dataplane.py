@@ -152,10 +152,10 @@ class DataPlane:
         `pinned`: the caller asked for this exact version (else: the latest, even if a
         newer one is swapped in while the request waits).
         """
-        pixels = self.check_pixels(model, pixels)
         start = time.perf_counter()
         ok = False
         try:
+            pixels = self.check_pixels(model, pixels)
             for _ in range(3):
                 try:
                     probs = await model.batcher.submit(pixels)
