@@ -208,11 +208,21 @@ class ModelRepository:
         else:
             groups = mf.list_models(src)
             base = src
-        return {
-            (name, v): base / name / str(v)
-            for name, versions in groups.items()
-            for v in self.policy.select(versions)
-        }
+        out: dict[tuple[str, int], Path] = {}
+        for name, versions in groups.items():
+            # A version that failed to load (and has not changed since) is skipped, so
+            # `latest` means the newest version that works.
+            usable = [v for v in versions if not self._known_bad(base / name / str(v))]
+            out.update({(name, v): base / name / str(v) for v in self.policy.select(usable)})
+        return out
+
+    def _known_bad(self, path: Path) -> bool:
+        if path not in self._failed:
+            return False
+        try:
+            return self._failed[path] == _fingerprint(path)
+        except OSError:
+            return False
 
     # -- loading ------------------------------------------------------------------------------
     async def load_all(self) -> None:
@@ -263,6 +273,11 @@ class ModelRepository:
             if old is not None:
                 asyncio.get_running_loop().create_task(self._retire(old))
         for name in list(self.models):
+            keep_all = any(n == name for n, _ in wanted) and not any(
+                (name, v) in wanted for v in self.models[name]
+            )
+            if keep_all:
+                continue  # its new version failed to load: keep serving the old one
             for version in list(self.models[name]):
                 if (name, version) not in wanted:
                     old = self.models[name].pop(version)
