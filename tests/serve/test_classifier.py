@@ -20,7 +20,9 @@ from tl2edge.images import decode_rgb
 
 def expected_top(repo, pixels, k):
     probs = reference(repo / "tiny-int8" / "1", pixels)
-    return [[(LABELS[i], int(i)) for i in np.argsort(-row, kind="stable")[:k]] for row in probs], probs
+    return [
+        [(LABELS[i], int(i)) for i in np.argsort(-row, kind="stable")[:k]] for row in probs
+    ], probs
 
 
 def test_classify_encoded_and_raw_pixels(client, repo):
@@ -72,10 +74,16 @@ def test_client_stream_helper(client):
 def test_classify_errors(client):
     with pytest.raises(grpc.RpcError) as exc:
         client.classify([b"not an image"])
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a readable image" in exc.value.details()
+    assert (
+        exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "not a readable image" in exc.value.details()
+    )
     with pytest.raises(grpc.RpcError) as exc:
         client.classify([], top_k=1)
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "empty batch" in exc.value.details()
+    assert (
+        exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "empty batch" in exc.value.details()
+    )
     with pytest.raises(grpc.RpcError) as exc:
         client.classify([random_pixels(1)[0]], model="nope")
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
@@ -88,7 +96,10 @@ def test_two_models_need_a_name_or_default(tmp_path):
     with ServerThread(repo) as s, Client(s.address) as c:
         with pytest.raises(grpc.RpcError) as exc:
             c.classify([random_pixels(1)[0]])
-        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "a-fp32, b-int8" in exc.value.details()
+        assert (
+            exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "a-fp32, b-int8" in exc.value.details()
+        )
         assert c.classify([random_pixels(1)[0]], model="b-int8")[0]
         infos = {m.name: m for m in c.models()}
         assert infos["b-int8"].image_size == (12, 12) and not infos["a-fp32"].is_default
@@ -100,7 +111,10 @@ def test_predict_cli_table_and_json(server, tmp_path, capsys):
     for i, p in enumerate(random_pixels(2, size=10, seed=3)):
         paths.append(tmp_path / f"img{i}.png")
         paths[-1].write_bytes(png_bytes(p))
-    assert main(["predict", "--server", server.address, *map(str, paths), "--top-k", "2", "--json"]) == 0
+    assert (
+        main(["predict", "--server", server.address, *map(str, paths), "--top-k", "2", "--json"])
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert [d["image"] for d in data] == [str(p) for p in paths]
     assert all(len(d["predictions"]) == 2 and d["predictions"][0]["label"] in LABELS for d in data)

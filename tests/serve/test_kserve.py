@@ -55,8 +55,12 @@ def test_server_and_model_status(stub):
 def test_model_metadata_and_config(stub):
     meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL))
     assert (meta.name, list(meta.versions), meta.platform) == (MODEL, ["1"], "onnxruntime_onnx")
-    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("image", "UINT8", [-1, 8, 8, 3])]
-    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("probs", "FP32", [-1, 3])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+        ("image", "UINT8", [-1, 8, 8, 3])
+    ]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [
+        ("probs", "FP32", [-1, 3])
+    ]
     config = stub.ModelConfig(pb.ModelConfigRequest(name=MODEL)).config
     assert config.max_batch_size == 8 and config.backend == "onnxruntime"
     assert config.input[0].data_type == mc.TYPE_UINT8 and list(config.input[0].dims) == [8, 8, 3]
@@ -132,7 +136,10 @@ def test_stream_infer_reports_errors_and_continues(stub, repo):
     responses = list(stub.ModelStreamInfer(iter(requests)))
     assert len(responses) == 3
     assert responses[0].error_message == "" and responses[0].infer_response.id == "a"
-    assert responses[1].error_message.startswith("INVALID_ARGUMENT") and "'image'" in responses[1].error_message
+    assert (
+        responses[1].error_message.startswith("INVALID_ARGUMENT")
+        and "'image'" in responses[1].error_message
+    )
     assert responses[2].infer_response.id == "c"
     expected = reference(repo / MODEL / "1", pixels)
     np.testing.assert_allclose(probs_of(responses[0].infer_response), expected[:1], rtol=1e-6)
@@ -164,7 +171,11 @@ def test_statistics_count_requests_and_batches(stub):
         (lambda r: setattr(r.inputs[0], "name", "img"), "INVALID_ARGUMENT", "'image'"),
         (lambda r: setattr(r.inputs[0], "datatype", "INT64"), "INVALID_ARGUMENT", "UINT8 or FP32"),
         (lambda r: r.inputs[0].shape.__setitem__(1, 9), "INVALID_ARGUMENT", "[N, 8, 8, 3]"),
-        (lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 10), "INVALID_ARGUMENT", "needs 384"),
+        (
+            lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 10),
+            "INVALID_ARGUMENT",
+            "needs 384",
+        ),
         (lambda r: r.inputs[0].shape.__setitem__(0, 0), "INVALID_ARGUMENT", "needs 0"),
         (lambda r: r.outputs.add(name="logits"), "INVALID_ARGUMENT", "'probs'"),
     ],
@@ -183,13 +194,19 @@ def test_empty_batch_nan_and_corrupt_images(stub):
     empty = raw_request(np.zeros((0, 8, 8, 3), np.uint8))
     with pytest.raises(grpc.RpcError) as exc:
         stub.ModelInfer(empty)
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "empty batch" in exc.value.details()
+    assert (
+        exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "empty batch" in exc.value.details()
+    )
     nan = random_pixels(1).astype(np.float32)
     nan[0, 0, 0, 0] = np.nan
     nan[0, 1, 0, 0] = np.inf
     with pytest.raises(grpc.RpcError) as exc:
         stub.ModelInfer(raw_request(nan, "FP32"))
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 pixel values are NaN or Inf" in exc.value.details()
+    assert (
+        exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "2 pixel values are NaN or Inf" in exc.value.details()
+    )
     out_of_range = np.full((1, 8, 8, 3), 300.0, np.float32)
     with pytest.raises(grpc.RpcError) as exc:
         stub.ModelInfer(raw_request(out_of_range, "FP32"))
@@ -213,9 +230,12 @@ def test_oversized_message_is_resource_exhausted(repo):
 
     from tl2edge.serve.server import ServeConfig
 
-    with ServerThread(repo, config=ServeConfig(max_message_mb=1)) as s, grpc.insecure_channel(
-        s.address, options=[("grpc.max_send_message_length", 8 << 20)]
-    ) as channel:
+    with (
+        ServerThread(repo, config=ServeConfig(max_message_mb=1)) as s,
+        grpc.insecure_channel(
+            s.address, options=[("grpc.max_send_message_length", 8 << 20)]
+        ) as channel,
+    ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         big = pb.ModelInferRequest(model_name=MODEL)
         big.inputs.add(name="image", datatype="BYTES", shape=[1])

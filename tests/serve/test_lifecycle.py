@@ -105,14 +105,29 @@ def test_drain_finishes_in_flight_requests(repo, monkeypatch):
         release.set()
         results = [f.result(timeout=30) for f in futures]
         stopping.join(30)
-    np.testing.assert_allclose(np.concatenate(results), reference(repo / MODEL / "1", pixels), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate(results), reference(repo / MODEL / "1", pixels), rtol=1e-6
+    )
 
 
 def _start_cli(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, str]:
     log = tmp_path / "serve.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tl2edge", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--metrics-port", "0", "--log-format", "json", *args],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tl2edge",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--log-format",
+            "json",
+            *args,
+        ],
         stderr=open(log, "w"),  # noqa: SIM115
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -145,7 +160,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
         futures = [pool.submit(c.infer, "slow-fp32", pixels[i : i + 1]) for i in range(6)]
         for _ in range(200):  # until the server holds them
             stats = c._kserve.ModelStatistics(
-                __import__("tl2edge._proto.grpc_service_pb2", fromlist=["x"]).ModelStatisticsRequest()
+                __import__(
+                    "tl2edge._proto.grpc_service_pb2", fromlist=["x"]
+                ).ModelStatisticsRequest()
             )
             if stats.model_stats[0].execution_count >= 1:
                 break
@@ -162,10 +179,26 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
 
 def test_device_cuda_fails_clearly_and_auto_warns(tmp_path, repo):
     proc = subprocess.run(
-        [sys.executable, "-m", "tl2edge", "serve", "--repository", str(repo), "--device", "cuda",
-         "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1"],  # fmt: skip
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tl2edge",
+            "serve",
+            "--repository",
+            str(repo),
+            "--device",
+            "cuda",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "--device cuda needs CUDAExecutionProvider" in proc.stderr
     assert "onnxruntime-gpu" in proc.stderr and "Traceback" not in proc.stderr
@@ -229,8 +262,13 @@ def test_metrics_count_outcomes_batches_and_providers(repo):
             c.infer("nope", random_pixels(1))
         with urllib.request.urlopen(f"http://127.0.0.1:{s.server.metrics_port}/metrics") as r:
             text = r.read().decode()
-    assert 'tl2edge_requests_total{api="kserve.ModelInfer",model="tiny-int8",outcome="OK"} 1.0' in text
-    assert 'tl2edge_requests_total{api="kserve.ModelInfer",model="nope",outcome="NOT_FOUND"} 1.0' in text
+    assert (
+        'tl2edge_requests_total{api="kserve.ModelInfer",model="tiny-int8",outcome="OK"} 1.0' in text
+    )
+    assert (
+        'tl2edge_requests_total{api="kserve.ModelInfer",model="nope",outcome="NOT_FOUND"} 1.0'
+        in text
+    )
     assert 'tl2edge_requests_total{api="classifier.Classify",model="-",outcome="OK"} 1.0' in text
     assert 'tl2edge_batch_size_count{model="tiny-int8"} 2.0' in text
     assert 'tl2edge_batch_size_sum{model="tiny-int8"} 4.0' in text

@@ -97,9 +97,10 @@ def test_mutual_tls(repo, pki):
             s.address, tls_ca=pki["ca"], tls_cert=pki["client_crt"], tls_key=pki["client_key"]
         ) as c:
             assert c.classify([random_pixels(1)[0]])[0]
-        with Client(s.address, tls_ca=pki["ca"], timeout=2) as no_cert, pytest.raises(
-            grpc.RpcError
-        ) as exc:
+        with (
+            Client(s.address, tls_ca=pki["ca"], timeout=2) as no_cert,
+            pytest.raises(grpc.RpcError) as exc,
+        ):
             no_cert.classify([random_pixels(1)[0]])
         assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -118,9 +119,10 @@ def test_bearer_token(repo):
                     call()
                 assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert "authorization" in exc.value.details()
-        with Client(s.address, token="wrong-token-0123456789") as wrong, pytest.raises(
-            grpc.RpcError
-        ) as exc:
+        with (
+            Client(s.address, token="wrong-token-0123456789") as wrong,
+            pytest.raises(grpc.RpcError) as exc,
+        ):
             wrong.classify([random_pixels(1)[0]])
         assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with Client(s.address, token=token) as good:

@@ -1,0 +1,114 @@
+"""The protocol contracts: stubs up to date, the official tritonclient works unchanged,
+server reflection lists the services.
+
+tritonclient pins an older protobuf than tl2edge's stubs need, so it runs from its own
+virtualenv, created once under .cache/tritonclient-venv (PyPI needed the first time).
+
+Run: .venv/bin/pytest tests/serve/test_protocols.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import random_pixels
+from models import LABELS, reference
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / ".cache" / "tritonclient-venv"
+
+
+def test_generated_stubs_are_up_to_date():
+    pytest.importorskip("grpc_tools")
+    from tl2edge.serve.protogen import stale_files
+
+    stale = stale_files()
+    assert not stale, f"run `make protos`: {stale} differ from protos/"
+
+
+def test_reflection_lists_every_service(server):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        response = next(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in response.list_services_response.service}
+    assert {
+        "inference.GRPCInferenceService",
+        "tl2edge.v1.Classifier",
+        "grpc.health.v1.Health",
+    } <= names
+
+
+def _triton_python() -> Path:
+    python = VENV / "bin" / "python"
+    if (
+        python.exists()
+        and subprocess.run(
+            [python, "-c", "import tritonclient.grpc"], capture_output=True
+        ).returncode
+        == 0
+    ):
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "tritonclient[grpc]", "numpy"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if install.returncode != 0:
+        pytest.skip(f"cannot install tritonclient (offline?): {install.stderr[-300:]}")
+    return python
+
+
+@pytest.mark.slow
+def test_official_tritonclient_against_the_server(server, repo, tmp_path):
+    from google.protobuf import descriptor_pb2
+
+    from tl2edge._proto import grpc_service_pb2, model_config_pb2
+
+    python = _triton_python()
+    pixels = random_pixels(3, seed=42)
+    np.save(tmp_path / "pixels.npy", pixels)
+    files = descriptor_pb2.FileDescriptorSet()
+    for module in (grpc_service_pb2, model_config_pb2):
+        module.DESCRIPTOR.CopyToProto(files.file.add())
+    (tmp_path / "ours.bin").write_bytes(files.SerializeToString())
+    run = subprocess.run(
+        [
+            python,
+            str(Path(__file__).parent / "triton_script.py"),
+            server.address,
+            "tiny-int8",
+            str(tmp_path / "pixels.npy"),
+            str(tmp_path / "ours.bin"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)
+    assert out["live"] and out["ready"] and out["model_ready"]
+    assert out["mismatches"] == [] and out["fields_checked"] > 80
+    assert out["model_metadata"]["inputs"][0] == {
+        "name": "image",
+        "datatype": "UINT8",
+        "shape": ["-1", "8", "8", "3"],
+    }
+    assert out["model_config"]["config"]["max_batch_size"] == 8
+    expected = reference(repo / "tiny-int8" / "1", pixels)
+    np.testing.assert_allclose(np.array(out["probs"], np.float32), expected, rtol=1e-6)
+    for row, probs in zip(out["classification"], expected, strict=True):
+        best = np.argsort(-probs)[:2]
+        assert [r.split(":")[1:] for r in row] == [[str(i), LABELS[i]] for i in best]
+        assert float(row[0].split(":")[0]) == pytest.approx(probs[best[0]], abs=1e-5)
+    assert out["statistics"]["model_stats"][0]["inference_count"] == "6"

@@ -1,0 +1,175 @@
+"""Execution-provider choice and fallback, configs, and the dynamic batcher.
+
+Run: .venv/bin/pytest tests/serve/test_runtime_batching.py -q
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import numpy as np
+import pytest
+from conftest import ServerThread, random_pixels
+
+from tl2edge.client import Client
+from tl2edge.serve import runtime
+from tl2edge.serve.batching import BatchConfig, Batcher
+from tl2edge.serve.errors import DeviceUnavailable
+from tl2edge.serve.repository import VersionPolicy
+from tl2edge.serve.server import ServeConfig
+
+
+def test_auto_falls_back_to_cpu_with_one_warning(repo, caplog):
+    config = runtime.RuntimeConfig(device="auto")
+    check = runtime.ProviderCheck(config)
+    path = repo / "tiny-int8" / "1" / "model.onnx"
+    with caplog.at_level(logging.WARNING, logger="tl2edge.serve.runtime"):
+        for _ in range(2):
+            session = runtime.create_session(path, config, check)
+            assert session.get_providers() == ["CPUExecutionProvider"]
+    warnings = [r for r in caplog.records if "running on CPU" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_explicit_cuda_or_tensorrt_without_it_fails_clearly(repo):
+    path = repo / "tiny-int8" / "1" / "model.onnx"
+    for device, provider in (
+        ("cuda", "CUDAExecutionProvider"),
+        ("tensorrt", "TensorrtExecutionProvider"),
+    ):
+        with pytest.raises(DeviceUnavailable) as exc:
+            runtime.create_session(path, runtime.RuntimeConfig(device=device))
+        assert provider in str(exc.value) and "onnxruntime-gpu" in str(exc.value)
+    assert runtime.requested_providers(runtime.RuntimeConfig(device="cpu")) == [
+        "CPUExecutionProvider"
+    ]
+
+
+def test_sessions_that_silently_lose_cuda_are_caught(repo, monkeypatch, caplog):
+    # onnxruntime-gpu without working CUDA libraries offers CUDA, then runs on CPU.
+    monkeypatch.setattr(
+        runtime, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    check = runtime.ProviderCheck(runtime.RuntimeConfig(device="cuda"))
+    with pytest.raises(DeviceUnavailable, match="did not get CUDAExecutionProvider"):
+        check.check(["CPUExecutionProvider"], "m.onnx")
+    auto = runtime.ProviderCheck(runtime.RuntimeConfig(device="auto"))
+    assert runtime.requested_providers(auto.config)[0] == "CUDAExecutionProvider"
+    with caplog.at_level(logging.WARNING, logger="tl2edge.serve.runtime"):
+        auto.check(["CPUExecutionProvider"], "a")
+        auto.check(["CPUExecutionProvider"], "b")
+    assert sum("running on CPU" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_configs_validate_with_the_fix_in_the_message():
+    with pytest.raises(ValueError, match="device 'gpu' is not one of"):
+        runtime.RuntimeConfig(device="gpu")
+    with pytest.raises(ValueError, match=r"max batch size \(0\)"):
+        BatchConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):
+        ServeConfig(tls_cert="x.pem")  # type: ignore[arg-type]
+    assert VersionPolicy.parse("latest").select([1, 2, 5]) == [5]
+    assert VersionPolicy.parse("all").select([1, 2]) == [1, 2]
+    assert VersionPolicy.parse("2, 5").select([1, 2, 3]) == [2]
+    with pytest.raises(ValueError, match="'latest', 'all'"):
+        VersionPolicy.parse("newest")
+
+
+def _tagging_model(calls: list[int]):  # type: ignore[no-untyped-def]
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return batch[:, :1] * 2  # each output row is its own input row, doubled
+
+    return run
+
+
+def test_batcher_coalesces_splits_and_keeps_rows_matched():
+    async def scenario() -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
+        calls: list[int] = []
+        seen: list[int] = []
+        batcher = Batcher(
+            _tagging_model(calls),
+            BatchConfig(max_batch_size=4, max_batch_delay_ms=200),
+            observer=lambda size, q, c: seen.append(size),
+        )
+        inputs = [np.full((n, 1), i, np.int64) for i, n in enumerate([1, 2, 1, 3, 9])]
+        outputs = await asyncio.gather(*(batcher.submit(x) for x in inputs))
+        await batcher.close()
+        assert seen == calls
+        return calls, inputs, outputs
+
+    calls, inputs, outputs = asyncio.run(scenario())
+    for x, y in zip(inputs, outputs, strict=True):
+        np.testing.assert_array_equal(y, x * 2)
+    assert sum(calls) == 16 and max(calls) <= 4
+    assert len(calls) < 16 and any(c > 1 for c in calls)  # requests really were combined
+
+
+def test_batcher_skips_cancelled_requests_and_drains_on_close():
+    async def scenario() -> list[int]:
+        calls: list[int] = []
+        batcher = Batcher(
+            _tagging_model(calls), BatchConfig(max_batch_size=8, max_batch_delay_ms=100)
+        )
+        gone = asyncio.ensure_future(batcher.submit(np.zeros((3, 1), np.int64)))
+        kept = asyncio.ensure_future(batcher.submit(np.ones((2, 1), np.int64)))
+        await asyncio.sleep(0)
+        gone.cancel()
+        closing = asyncio.ensure_future(batcher.close())
+        np.testing.assert_array_equal(await kept, np.full((2, 1), 2))
+        await closing
+        return calls
+
+    assert asyncio.run(scenario()) == [2]
+
+
+def test_server_batches_concurrent_requests(repo):
+    config = ServeConfig(batching=BatchConfig(max_batch_size=8, max_batch_delay_ms=300))
+    pixels = random_pixels(8, seed=30)
+    with ServerThread(repo, config=config) as s, Client(s.address) as c:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: c.infer("tiny-int8", pixels[i : i + 1]), range(8)))
+        stats = s.server.repository.get("tiny-int8").stats
+    from models import reference
+
+    np.testing.assert_allclose(
+        np.concatenate(results), reference(repo / "tiny-int8" / "1", pixels), rtol=1e-6
+    )
+    assert stats.inference_count == 8 and stats.execution_count < 8
+    assert max(stats.batches) > 1
+
+
+def test_requests_beyond_the_concurrency_limit_are_refused(repo, monkeypatch):
+    import threading
+
+    from tl2edge.serve import repository as repository_module
+
+    release = threading.Event()
+    real = repository_module.ort.InferenceSession.run
+
+    def held(self, *args, **kwargs):
+        if args and args[0] == ["probs"]:
+            release.wait(30)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(repository_module.ort.InferenceSession, "run", held)
+    config = ServeConfig(max_concurrent_requests=2)
+    with ServerThread(repo, config=config) as s, Client(s.address, timeout=30) as c:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            held_calls = [pool.submit(c.infer, "tiny-int8", random_pixels(1)) for _ in range(2)]
+            for _ in range(200):
+                if s.server.plane.inflight == 2:
+                    break
+                threading.Event().wait(0.02)
+            with pytest.raises(grpc.RpcError) as exc:
+                c.infer("tiny-int8", random_pixels(1))
+            assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-concurrent-requests" in exc.value.details()
+            release.set()
+            assert all(f.result(30).shape == (1, 3) for f in held_calls)
