@@ -143,5 +143,98 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"run dirs: {transfer} (report.md, curves.png, confusion.png) and {scratch}")
     print()
+
+    from tl2edge.export.api import export
+
+    repo = out / "models"
+    exported = export(transfer, repository=repo, name="shapes", variants=("fp32", "int8"))
+    print(
+        f"Export of the fine-tuned model to {repo} ({exported.seconds:.0f} s; accuracy on the run's validation images)"
+    )
+    print(exported.table())
+    print()
+    if not args.skip_serve:
+        _serve_and_classify(repo, exported.row("int8").model_name, test)
     log.info("demo finished in %.0f s", time.perf_counter() - t_start)
     return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_and_classify(repo: Path, model: str, test_dir: Path, per_class: int = 2) -> None:
+    """Start `tl2edge serve` as its own process, classify through both APIs, stop it with SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    from tl2edge.client import Client
+    from tl2edge.images import decode_rgb, scan_image_folder
+
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "tl2edge",
+        "serve",
+        "--repository",
+        str(repo),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "-1",
+        "--device",
+        "cpu",
+        "--log-level",
+        "WARNING",
+    ]
+    print(f"$ {' '.join(cmd[2:])}")
+    t = time.perf_counter()
+    server = subprocess.Popen(cmd)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=30) as client:
+            client.wait_until_serving(timeout=60)
+            print(
+                f"server SERVING after {time.perf_counter() - t:.1f} s (start-up and warm-up included)"
+            )
+            folder = scan_image_folder(test_dir)
+            picks = [
+                (p, y)
+                for c in range(len(folder.classes))
+                for p, y in [f for f in folder.files if f[1] == c][:per_class]
+            ]
+            latencies = []
+            print(
+                f"{'image':<28} {'truth':<10} {'Classify (top-1, score)':<26} {'KServe v2 ModelInfer':<20}"
+            )
+            correct = 0
+            for path, label in picks:
+                t = time.perf_counter()
+                top = client.classify([path.read_bytes()], model=model, top_k=1)[0][0]
+                latencies.append(time.perf_counter() - t)
+                probs = client.infer(model, decode_rgb(path, _model_size(client, model)))[0]
+                kserve = folder.classes[int(np.argmax(probs))]
+                correct += top.label == folder.classes[label]
+                print(
+                    f"{path.name:<28} {folder.classes[label]:<10} {top.label + f' ({top.score:.2f})':<26} {kserve:<20}"
+                )
+            lat = np.array(latencies) * 1000
+            print(
+                f"{correct}/{len(picks)} correct; Classify request latency (encoded PNG in, top-1 out): "
+                f"median {np.median(lat):.1f} ms, max {lat.max():.1f} ms over {len(lat)} requests"
+            )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+    print(f"server stopped with exit code {code} after SIGTERM (drained)")
+
+
+def _model_size(client, model: str) -> tuple[int, int]:
+    return next(m.image_size for m in client.models() if m.name == model)
