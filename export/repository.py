@@ -75,12 +75,15 @@ def publish(moves: dict[Path, Path], *, overwrite: bool) -> None:
                     raise UserError(f"{target} appeared during the export; pass --overwrite")
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")
                 target.rename(old)
+            new_parent = not target.parent.exists()
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 built.rename(target)
             except BaseException:
                 if old is not None:
                     old.rename(target)
+                elif new_parent:
+                    _remove_if_empty(target.parent)
                 raise
             done.append((built, target, old))
     except BaseException:

@@ -94,3 +94,11 @@ def exported(run_dir, tmp_path_factory):
         bench_seconds=0.2,
     )
     return result
+
+
+@pytest.fixture(scope="session")
+def spec():
+    """Image size and labels of the fixture run."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(size=SIZE, labels=LABELS)
