@@ -24,32 +24,40 @@ RUN if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 
         && rm -rf /var/lib/apt/lists/*; \
     fi
 
-# ---- builder: a venv with tl2edge[serve], built from this checkout -------------------
-FROM base AS builder
+# ---- deps: the runtime venv with tl2edge's dependencies, from pyproject.toml alone ------
+# Rebuilt only when pyproject.toml changes; a code change reuses this layer. pip lives in
+# its own venv and installs into /opt/venv from outside, so the runtime venv has no pip,
+# no setuptools and no caches.
+FROM base AS deps
 # cpu: onnxruntime; gpu: onnxruntime-gpu. Releases 1.19 to 1.2x on PyPI are built for
 # CUDA 12.x + cuDNN 9.x; the CUDA base image must match (docs/operations.md).
 ARG VARIANT=cpu
 ARG ORT_GPU_REQUIREMENT="onnxruntime-gpu>=1.20,<1.24"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python3 -m venv /opt/venv
-# Dependencies first, from pyproject.toml alone, so a code change reuses this layer.
+RUN python3 -m venv /opt/pip && python3 -m venv --without-pip /opt/venv
 COPY pyproject.toml /src/pyproject.toml
 RUN set -e; \
     case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 2;; esac; \
     python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > /tmp/requirements.txt; \
+print('\\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > /tmp/requirements.txt; \
     if [ "$VARIANT" = gpu ]; then \
         sed -i '/^onnxruntime/d' /tmp/requirements.txt; \
         echo "$ORT_GPU_REQUIREMENT" >> /tmp/requirements.txt; \
     fi; \
-    /opt/venv/bin/pip install -r /tmp/requirements.txt
+    /opt/pip/bin/pip --python /opt/venv/bin/python install -r /tmp/requirements.txt
+
+# ---- builder: the tl2edge wheel from this checkout, installed into a small overlay -----
+FROM deps AS builder
 COPY . /src
-RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
-    && /opt/venv/bin/pip install --no-deps /tmp/wheels/tl2edge-*.whl \
-    && install -m 0755 /src/deploy/container/entrypoint.py /opt/venv/bin/tl2edge-entrypoint \
-    && sed -i '1s|.*|#!/opt/venv/bin/python|' /opt/venv/bin/tl2edge-entrypoint \
-    && /opt/venv/bin/python -m pip uninstall -y -q setuptools pip \
-    && /opt/venv/bin/python -c "import tl2edge.serve, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+# --prefix keeps just tl2edge's files (package, dist-info, the `tl2edge` script with
+# /opt/venv/bin/python as interpreter) in /opt/overlay, laid out like the venv.
+RUN /opt/pip/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
+    && /opt/pip/bin/pip --python /opt/venv/bin/python install --no-deps --prefix /opt/overlay \
+        /tmp/wheels/tl2edge-*.whl \
+    && install -D -m 0755 /src/deploy/container/entrypoint.py /opt/overlay/bin/tl2edge-entrypoint \
+    && sed -i '1s|.*|#!/opt/venv/bin/python|' /opt/overlay/bin/tl2edge-entrypoint \
+    && cp -a /opt/overlay/. /opt/venv/ \
+    && /opt/venv/bin/python -c "import tl2edge.serve.cli, onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 
 # ---- runtime --------------------------------------------------------------------------
 FROM base AS runtime
@@ -61,12 +69,14 @@ LABEL org.opencontainers.image.title="tl2edge" \
       io.tl2edge.variant="${VARIANT}"
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin tl2edge
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=builder /opt/overlay/ /opt/venv/
 # An empty /models unless MODEL_REPO names a repository inside the build context.
 COPY ${MODEL_REPO:-deploy/container/models}/ /models/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
     TL2EDGE_REPOSITORY=/models \
     TL2EDGE_HOST=0.0.0.0 \
     TL2EDGE_PORT=8500 \

@@ -89,7 +89,7 @@ build_root_image() {
     buildah umount "$ctr" >/dev/null
     buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --env LANG=C.UTF-8 --cmd /bin/bash "$ctr"
-    buildah commit --rm "$ctr" "$ROOT_IMAGE" >/dev/null
+    buildah commit --quiet --rm "$ctr" "$ROOT_IMAGE" >/dev/null
     log "committed $ROOT_IMAGE"
 }
 
@@ -112,7 +112,7 @@ EOF
         apt-get clean
         rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*
     ' >&2
-    buildah commit --rm "$ctr" "$PYTHON_IMAGE" >/dev/null
+    buildah commit --quiet --rm "$ctr" "$PYTHON_IMAGE" >/dev/null
     log "committed $PYTHON_IMAGE"
 }
 
