@@ -53,5 +53,11 @@ source-backbone: $(STAMP)
 	cp build/source-run/report.md assets/vgg16_synth_source.md
 	cp build/source-run/curves.png assets/vgg16_synth_source_curves.png
 
+# Serving image with buildah, as root, no Docker engine or registry needed; the Debian base
+# is debootstrapped once and cached. `make image VARIANT=gpu BASE_IMAGE=nvidia/cuda:...`
+# for the CUDA variant, MODEL_REPO=bundle/<repo> to bake a model repository in.
+image:
+	scripts/build-image.sh
+
 clean:
 	rm -rf build demo-out .pytest_cache .ruff_cache
