@@ -50,8 +50,11 @@ source-backbone: $(STAMP)
 	$(TL2EDGE) train build/source --out build/source-run --weights none --image-size 32 --val-split 0.1 \
 	    --epochs-head 40 --epochs-finetune 0 --patience 6 --overwrite
 	$(TL2EDGE) backbone build/source-run assets/vgg16_synth_source.npz --overwrite
-	cp build/source-run/report.md assets/vgg16_synth_source.md
+	{ echo "<!-- written by make source-backbone: the training report of assets/vgg16_synth_source.npz -->"; \
+	  sed -e 's/(curves.png)/(vgg16_synth_source_curves.png)/' -e 's/(confusion.png)/(vgg16_synth_source_confusion.png)/' \
+	    build/source-run/report.md; } > assets/vgg16_synth_source.md
 	cp build/source-run/curves.png assets/vgg16_synth_source_curves.png
+	cp build/source-run/confusion.png assets/vgg16_synth_source_confusion.png
 
 # Serving image with buildah, as root, no Docker engine or registry needed; the Debian base
 # is debootstrapped once and cached. `make image VARIANT=gpu BASE_IMAGE=nvidia/cuda:...`
