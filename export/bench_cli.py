@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_model(model: str | Path) -> Path:
     """The .onnx file MODEL names, or UserError."""
-    from tl2edge.manifest import MODEL_FILE, list_versions, read_manifest
+    from tl2edge.manifest import MANIFEST, MODEL_FILE, list_versions, read_manifest
 
     path = Path(model)
     if not path.exists():
@@ -54,8 +54,10 @@ def resolve_model(model: str | Path) -> Path:
         if path.suffix != ".onnx":
             raise UserError(f"{path} is not a .onnx file")
         return path
-    if (path / MODEL_FILE).is_file():
+    if (path / MANIFEST).is_file():
         return path / read_manifest(path, verify=False).model_file
+    if (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
     versions = list_versions(path)
     if versions:
         version_dir = path / str(versions[-1])

@@ -97,11 +97,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def metadata_for(manifest_dict: dict[str, Any]) -> dict[str, str]:
-    """metadata_props for a bundle: the whole manifest (minus the file hash, which the props
-    themselves change) plus labels and tensor specs as separate keys for tools that look there."""
+    """metadata_props for a bundle: the whole manifest, readable by `Manifest.from_dict`, with
+    an empty sha256 (the file's hash changes with the props themselves), plus labels and
+    tensor specs as separate keys for tools that look there."""
     from tl2edge.manifest import METADATA_KEY
 
-    body = {k: v for k, v in manifest_dict.items() if k != "sha256"}
+    body = {**manifest_dict, "sha256": ""}
     return {
         METADATA_KEY: json.dumps(body, sort_keys=True),
         "labels": json.dumps(manifest_dict["labels"]),

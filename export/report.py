@@ -25,12 +25,16 @@ def variant_table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def _quantization_section(q: dict[str, Any] | None) -> str:
     if not q:
         return ""
     rows = "\n".join(
         f"| {c['recipe']} | {c['accuracy']:.2%} | {c['agreement']:.2%} | {c['drop_points']:.2f} "
-        f"| {c['latency_p50_ms']:.2f} | {'yes' if c['passed'] else 'no'} |"
+        f"| {_ms(c['latency_p50_ms'])} | {'yes' if c['passed'] else 'no'} |"
         for c in q["candidates"]
     )
     return (

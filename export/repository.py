@@ -40,6 +40,8 @@ def check_free(
     repository: str | Path, name: str, variants: Iterable[str], version: int, *, overwrite: bool
 ) -> None:
     """Refuse, before any work, to replace an existing version without `overwrite`."""
+    if Path(repository).exists() and not Path(repository).is_dir():
+        raise UserError(f"--repository {repository} exists and is not a folder")
     taken = [
         str(version_dir(repository, name, v, version))
         for v in variants

@@ -49,7 +49,7 @@ def choose_int8(
         candidates = [recipe_for(cfg.quantization, cfg.calibration_method)]
         first_round = 1
     tried: list[dict[str, Any]] = []
-    passing: list[tuple[float, int, Path, gates.Quality, QuantRecipe]] = []
+    passing: list[tuple[float | None, int, Path, gates.Quality, QuantRecipe]] = []
     sample_x = val_x[:1] if len(val_x) else calib_x[:1]
     for i, recipe in enumerate(candidates):
         if i >= first_round and passing:
@@ -65,7 +65,7 @@ def choose_int8(
         p50 = (
             bench.bench_session(session, sample_x, (1,), seconds=cfg.bench_seconds / 2)[0].p50_ms
             if cfg.quantization == "auto"
-            else float("nan")
+            else None  # one recipe: nothing to compare, the report measures it anyway
         )
         tried.append(
             {
@@ -78,11 +78,11 @@ def choose_int8(
             }
         )
         log.info(
-            "int8 %s: accuracy %.2f%%, agreement %.2f%%, p50 %.2f ms%s",
+            "int8 %s: accuracy %.2f%%, agreement %.2f%%%s%s",
             recipe,
             quality.accuracy * 100,
             quality.agreement * 100,
-            p50,
+            "" if p50 is None else f", p50 {p50:.2f} ms",
             "" if message is None else " (fails the gate)",
         )
         if message is None:

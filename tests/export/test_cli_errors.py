@@ -169,3 +169,17 @@ def test_parity_gate_fails_when_the_conversion_is_wrong(run_dir, repo, capsys, m
     assert "fp32 ONNX differs from the Keras model: max |probs difference| =" in err
     assert "> 0.0001" in err
     assert _nothing_written(repo)
+
+
+def test_repository_that_is_a_file(run_dir, tmp_path, capsys):
+    (tmp_path / "repo").write_text("not a folder")
+    code, err = _export(capsys, str(run_dir), *_repo_args(tmp_path / "repo"))
+    assert code == 2 and "exists and is not a folder" in err
+
+
+def test_success_prints_the_table_and_the_next_command(run_dir, repo, capsys):
+    code = main(["export", str(run_dir), *_repo_args(repo), "--variants", "fp32"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| fp32 | m-fp32/1 |" in out
+    assert out.rstrip().endswith(f"tl2edge serve --repository {repo}")

@@ -71,6 +71,8 @@ def test_metadata_props_round_trip_to_the_manifest(exported, spec):
         assert json.loads(props["labels"]) == list(spec.labels)
         assert json.loads(props["input"])["shape"] == [-1, spec.size, spec.size, 3]
         embedded = json.loads(props[METADATA_KEY])
+        assert embedded["sha256"] == ""  # a lone .onnx file is self-describing (serve reads it)
+        assert Manifest.from_dict(embedded).variant == row.variant
         manifest = read_manifest(row.path)
         assert Manifest.from_dict({**embedded, "sha256": manifest.sha256}) == manifest
 
