@@ -28,6 +28,8 @@ def convert_keras(model: Any, *, opset: int) -> Any:
     import tensorflow as tf
     import tf2onnx
 
+    # tf2onnx logs every optimizer pass at INFO; the export logs its own summary.
+    logging.getLogger("tf2onnx").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     _, height, width, channels = model.input_shape
     spec = [tf.TensorSpec((None, height, width, channels), tf.uint8, name=INPUT_NAME)]
 
