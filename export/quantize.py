@@ -189,4 +189,4 @@ def quantize_int8(
             extra_options=extra,
             use_external_data_format=False,
         )
-    log.info("quantized with %s -> %s", recipe, dst)
+    log.debug("quantized with %s -> %s", recipe, dst)
