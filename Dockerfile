@@ -48,7 +48,14 @@ print('\\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > /t
 
 # ---- builder: the tl2edge wheel from this checkout, installed into a small overlay -----
 FROM deps AS builder
-COPY . /src
+# Only what the wheel needs, so a model repository in the context (MODEL_REPO) does not
+# invalidate this stage.
+COPY pyproject.toml README.md /src/
+COPY tl2edge /src/tl2edge
+COPY serve /src/serve
+COPY train /src/train
+COPY export /src/export
+COPY deploy/container/entrypoint.py /src/deploy/container/entrypoint.py
 # --prefix keeps just tl2edge's files (package, dist-info, the `tl2edge` script with
 # /opt/venv/bin/python as interpreter) in /opt/overlay, laid out like the venv.
 RUN /opt/pip/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \

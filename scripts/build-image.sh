@@ -11,6 +11,7 @@
 #   VARIANT      cpu (default) or gpu; gpu needs BASE_IMAGE set to a CUDA 12 + cuDNN 9
 #                runtime image, e.g. nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 #   MODEL_REPO   a model repository under bundle/ to bake into the image
+#   CONTEXT      build context (default: this checkout), e.g. a copy with bundle/ in it
 #
 # Intermediate layers are kept (--layers), so a rebuild after a code change only reruns
 # the wheel step; the dependency layer is rebuilt only when pyproject.toml changes.
@@ -40,5 +41,6 @@ args=(--build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=${VARIANT:-cpu}")
 
 # docker format: the OCI format has no HEALTHCHECK and buildah would drop ours.
 echo "build-image: buildah bud -> $tag (base $base)" >&2
-buildah bud --isolation chroot --layers --format docker "${args[@]}" -t "$tag" "$@" . >&2
+buildah bud --isolation chroot --layers --format docker "${args[@]}" -t "$tag" \
+    -f "$PWD/Dockerfile" "$@" "${CONTEXT:-.}" >&2
 echo "$tag"
