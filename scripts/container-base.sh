@@ -11,7 +11,7 @@
 # builds on it with `--build-arg BASE_IMAGE=localhost/tl2edge-base-python:bookworm`.
 #
 # Both images live in buildah's own storage and are reused on the next run, so only a
-# fresh machine pays for debootstrap (a few minutes). Needs root; installs buildah and
+# fresh machine pays for debootstrap (about a minute here). Needs root; installs buildah and
 # debootstrap with apt when they are missing.
 #
 # Environment: TL2EDGE_DEBIAN_MIRROR (default: the machine's own apt sources),
@@ -75,10 +75,11 @@ build_root_image() {
     local mirror rootfs ctr mnt
     mirror=$(debian_mirror)
     rootfs=$(mktemp -d /var/tmp/tl2edge-rootfs.XXXXXX)
-    trap 'rm -rf "$rootfs"' RETURN
-    log "debootstrap --variant=minbase $SUITE from $mirror (a few minutes, once per machine)"
-    debootstrap --variant=minbase "$SUITE" "$rootfs" "$mirror" >&2 ||
+    log "debootstrap --variant=minbase $SUITE from $mirror (about a minute, once per machine)"
+    if ! debootstrap --variant=minbase "$SUITE" "$rootfs" "$mirror" >&2; then
+        rm -rf "$rootfs"
         die "debootstrap failed; see the log above (is $mirror reachable?)"
+    fi
     # Smaller image: no apt lists, caches or docs we will never read.
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
         "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/usr/share/doc/* \
@@ -87,6 +88,7 @@ build_root_image() {
     mnt=$(buildah mount "$ctr")
     cp -a "$rootfs"/. "$mnt"/
     buildah umount "$ctr" >/dev/null
+    rm -rf "$rootfs"
     buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --env LANG=C.UTF-8 --cmd /bin/bash "$ctr"
     buildah commit --quiet --rm "$ctr" "$ROOT_IMAGE" >/dev/null
@@ -117,6 +119,9 @@ EOF
 }
 
 install_tools
+# One builder at a time (`make image` and the container test may start together).
+exec 9>/var/lock/tl2edge-container-base.lock
+flock 9
 if [[ $rebuild -eq 1 ]]; then
     buildah rmi "$PYTHON_IMAGE" "$ROOT_IMAGE" >/dev/null 2>&1 || true
 fi
