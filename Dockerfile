@@ -80,6 +80,8 @@ COPY --from=deps /opt/venv /opt/venv
 COPY --from=builder /opt/overlay/ /opt/venv/
 # An empty /models unless MODEL_REPO names a repository inside the build context.
 COPY ${MODEL_REPO:-deploy/container/models}/ /models/
+# HOME=/tmp: the user has no home, and ONNX Runtime keeps a small state file under $HOME
+# (it warns on every start when it cannot); /tmp is an emptyDir in the k8s manifests.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
