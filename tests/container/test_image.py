@@ -15,6 +15,7 @@ Without root the test fails (it does not skip): CI must run it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -152,13 +153,19 @@ class Server:
         pytest.fail(f"not SERVING after {timeout} s:\n{self.log.read_text()}")
 
     def stop(self, timeout: float = 60) -> int:
+        """SIGTERM to the server (as a runtime does to PID 1); kill everything if it hangs."""
         if self.proc.poll() is None:
-            os.kill(server_pid(self.proc.pid), signal.SIGTERM)
+            with contextlib.suppress(TimeoutError, ProcessLookupError):
+                os.kill(server_pid(self.proc.pid, timeout=10), signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            for pid in reversed(descendants(self.proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.kill()
-            return self.proc.wait(10)
+            self.proc.wait(10)
+            return -signal.SIGKILL
 
 
 # ---- fixtures --------------------------------------------------------------------------
