@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from tl2edge.errors import UserError
 from tl2edge.serve.errors import DeviceUnavailable
 
 log = logging.getLogger("tl2edge.serve.runtime")
@@ -145,11 +146,18 @@ def create_session(
     options.inter_op_num_threads = config.inter_op_threads
     options.log_severity_level = 3  # ORT's own fallback warnings are replaced by ours
     providers = requested_providers(config)
-    session = ort.InferenceSession(
-        str(path),
-        sess_options=options,
-        providers=[(p, _provider_options(p, config)) for p in providers],
-    )
+    try:
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=options,
+            providers=[(p, _provider_options(p, config)) for p in providers],
+        )
+    except Exception as exc:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(
+            f"{path}: ONNX Runtime cannot load this model ({type(exc).__name__}: {reason}); "
+            "re-export it or remove it from the repository"
+        ) from exc
     (check or ProviderCheck(config)).check(session.get_providers(), str(path))
     return session
 

@@ -274,3 +274,17 @@ def test_metrics_count_outcomes_batches_and_providers(repo):
     assert 'tl2edge_batch_size_sum{model="tiny-int8"} 4.0' in text
     assert 'providers="CPUExecutionProvider"' in text and "tl2edge_queue_seconds_bucket" in text
     assert "tl2edge_inflight_requests 0.0" in text
+
+
+def test_a_model_onnx_runtime_cannot_load_is_one_clear_line(tmp_path, capsys):
+    from tl2edge.cli import main
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    code = main(
+        ["serve", "--model", str(bad), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "ONNX Runtime cannot load this model" in err and str(bad) in err
+    assert "Traceback" not in err
