@@ -56,14 +56,18 @@ def check_free(
 
 @contextlib.contextmanager
 def staging(repository: str | Path) -> Iterator[Path]:
-    """A temporary folder inside REPO, removed on exit whatever happens."""
+    """A temporary folder inside REPO, removed on exit whatever happens (and REPO with it if
+    this export created REPO and left nothing in it)."""
     repo = Path(repository)
+    created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=repo))
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            _remove_if_empty(repo)
 
 
 def publish(moves: dict[Path, Path], *, overwrite: bool) -> None:

@@ -85,8 +85,9 @@ def test_auto_quantization_reports_every_candidate_and_the_winner(exported):
     assert q["mode"] == "auto"
     assert len(q["candidates"]) >= len(PRESETS)
     passing = [c for c in q["candidates"] if c["passed"]]
-    fastest = min(passing, key=lambda c: c["latency_p50_ms"])
-    assert q["chosen"] == fastest["recipe"] == exported.row("int8").quantization
+    fastest = min(c["latency_p50_ms"] for c in passing)
+    first_near_fastest = next(c for c in passing if c["latency_p50_ms"] <= fastest * 1.03)
+    assert q["chosen"] == first_near_fastest["recipe"] == exported.row("int8").quantization
     assert "fastest" in q["reason"]
 
 
