@@ -142,3 +142,24 @@ def test_next_version_looks_at_every_variant(tmp_path):
     (tmp_path / "m-fp32" / "1").mkdir(parents=True)
     assert repository.next_version(tmp_path, "m", ["fp32", "int8"]) == 4
     assert repository.next_version(tmp_path, "other", ["fp32"]) == 1
+
+
+def test_one_recipe_calibrated_on_a_given_folder(run_dir, tmp_path):
+    data_dir = json.loads((run_dir / "config.json").read_text())["data_dir"]
+    result = export(
+        run_dir,
+        repository=tmp_path / "repo",
+        name="m",
+        calibration_dir=data_dir,  # class sub-folders: any layout is accepted
+        calibration_samples=5,
+        calibration_method="percentile",
+        quantization="u8s8",
+        max_accuracy_drop=25.0,
+        bench_seconds=0.05,
+    )
+    q = read_manifest(result.row("int8").path).quantization
+    assert (q["name"], q["calibration"], q["calibration_images"]) == ("u8s8", "percentile", 5)
+    report = json.loads((result.row("int8").path / "report.json").read_text())["quantization"]
+    assert report["mode"] == "u8s8" and len(report["candidates"]) == 1
+    assert report["candidates"][0]["latency_p50_ms"] is None
+    assert "| n/a |" in (result.row("int8").path / "report.md").read_text()
