@@ -183,3 +183,18 @@ def test_success_prints_the_table_and_the_next_command(run_dir, repo, capsys):
     assert code == 0
     assert "| fp32 | m-fp32/1 |" in out
     assert out.rstrip().endswith(f"tl2edge serve --repository {repo}")
+
+
+def test_help_is_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom tl2edge.cli import main\n"
+        "try:\n    main(['export', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime', 'onnx')\n"
+        "print('HEAVY:' + ','.join(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--calibration-method" in out.stdout and "u8s8-reduce-range" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY:"
