@@ -74,6 +74,16 @@ def test_unfinished_run(run_dir, tmp_path, repo, capsys):
     assert code == 2 and "is not complete (status 'interrupted')" in err and "--resume" in err
 
 
+def test_run_whose_data_dir_is_gone(run_dir, tmp_path, repo, capsys):
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(tmp_path / "gone")}))
+    code, err = _export(capsys, str(run), *_repo_args(repo))
+    assert code == 2 and f"the run's data dir {tmp_path / 'gone'}" in err
+    assert "validation images" in err
+    assert _nothing_written(repo)
+
+
 def test_corrupt_model_file(run_dir, tmp_path, repo, capsys):
     run = shutil.copytree(run_dir, tmp_path / "run")
     data = (run / "model.keras").read_bytes()
