@@ -43,6 +43,16 @@ format: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python -m tl2edge.serve.protogen
 
+# Heavy measurements (about 15 minutes on 2 cores); results in benchmarks/results/ and,
+# by hand, docs/benchmarks.md. The export benchmark writes the VGG16 int8 bundle that the
+# serving benchmark loads. The demo's run dir supplies the accuracy/agreement targets.
+bench: $(STAMP)
+	test -f demo-out/runs/transfer/model.keras || $(TL2EDGE) demo --out demo-out --skip-serve
+	$(BIN)/python benchmarks/train_throughput.py --image-size 32 --batch-size 32 --out benchmarks/results/train_throughput_32.json
+	$(BIN)/python benchmarks/train_throughput.py --image-size 224 --batch-size 16 --steps 4 --out benchmarks/results/train_throughput_224.json
+	$(BIN)/python benchmarks/export_variants.py --target-run demo-out/runs/transfer
+	$(BIN)/python benchmarks/serve_bench.py --vgg build/bench-export/repo/vgg16-int8/1 --out benchmarks/results/serve.json
+
 # Pretrains VGG16 from scratch on the synthetic source task and keeps its backbone as
 # assets/vgg16_synth_source.npz (float16, compressed) with its training report.
 source-backbone: $(STAMP)
