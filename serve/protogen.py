@@ -29,15 +29,19 @@ def proto_files(protos: Path = PROTOS) -> list[Path]:
 
 def generate(out: Path = OUT, protos: Path = PROTOS) -> list[Path]:
     """Write `*_pb2.py`, `*_pb2.pyi` and `*_pb2_grpc.py` for every proto into `out`."""
-    from grpc_tools import protoc  # dev-only dependency
+    import importlib.util
+    import subprocess
+    import sys
 
+    spec = importlib.util.find_spec("grpc_tools")  # dev-only dependency
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("grpcio-tools is not installed: pip install -e '.[dev]'")
     sources = proto_files(protos)
     packages = {str(p.parent).replace("/", ".") for p in sources}
-    include = Path(protoc.__file__).parent / "_proto"
+    include = Path(spec.submodule_search_locations[0]) / "_proto"
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
         args = [
-            "protoc",
             f"-I{protos}",
             f"-I{include}",
             f"--python_out={tmp}",
@@ -45,8 +49,13 @@ def generate(out: Path = OUT, protos: Path = PROTOS) -> list[Path]:
             f"--grpc_python_out={tmp}",
             *map(str, sources),
         ]
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed: {' '.join(args)}")
+        # protoc runs in its own process: in-process it crashes when another copy of the
+        # protobuf C++ runtime (TensorFlow's) is already loaded.
+        result = subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", *args], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"protoc failed ({result.stderr.strip()}): {' '.join(args)}")
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("*_pb2*.py*"):
             old.unlink()
