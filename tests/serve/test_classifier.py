@@ -10,8 +10,8 @@ import json
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread, png_bytes, random_pixels
 from models import LABELS, reference, write_version
+from servekit import ServerThread, png_bytes, random_pixels
 
 from tl2edge.cli import main
 from tl2edge.client import Client

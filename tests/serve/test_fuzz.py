@@ -8,10 +8,10 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from conftest import random_pixels
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models import reference
+from servekit import random_pixels
 
 from tl2edge._proto import classifier_pb2 as cpb
 from tl2edge._proto import classifier_pb2_grpc as cpb_grpc

@@ -10,8 +10,8 @@ import json
 import grpc
 import numpy as np
 import pytest
-from conftest import png_bytes, random_pixels
 from models import LABELS, reference
+from servekit import png_bytes, random_pixels
 
 from tl2edge._proto import grpc_service_pb2 as pb
 from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc
@@ -226,7 +226,7 @@ def test_empty_batch_nan_and_corrupt_images(stub):
 
 
 def test_oversized_message_is_resource_exhausted(repo):
-    from conftest import ServerThread
+    from servekit import ServerThread
 
     from tl2edge.serve.server import ServeConfig
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread, random_pixels
 from models import reference, write_version
+from servekit import ServerThread, random_pixels
 
 from tl2edge.client import Client
 from tl2edge.serve import repository as repository_module

@@ -17,8 +17,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import random_pixels
 from models import LABELS, reference
+from servekit import random_pixels
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".cache" / "tritonclient-venv"

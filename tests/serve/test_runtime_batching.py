@@ -11,7 +11,7 @@ import logging
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread, random_pixels
+from servekit import ServerThread, random_pixels
 
 from tl2edge.client import Client
 from tl2edge.serve import runtime

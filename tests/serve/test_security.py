@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ServerThread, random_pixels
+from servekit import ServerThread, random_pixels
 
 from tl2edge.client import Client
 from tl2edge.serve.server import ServeConfig
