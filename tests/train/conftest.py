@@ -22,15 +22,12 @@ def tiny_data(tmp_path_factory):
     )
 
 
-@pytest.fixture(scope="session")
-def base_run(tmp_path_factory, tiny_data):
-    """A finished fine-tune run (1 head + 1 fine-tune epoch) from scratch-free random weights."""
+def _tiny_config(data, **overrides):
+    """The smallest real training set-up: 32x32, from scratch, one epoch per phase."""
     from tl2edge.train.config import TrainConfig
-    from tl2edge.train.fit import train
 
-    out = tmp_path_factory.mktemp("runs") / "base"
-    cfg = TrainConfig(
-        data_dir=str(tiny_data),
+    base = dict(
+        data_dir=str(data),
         image_size=32,
         weights="none",
         epochs_head=1,
@@ -38,8 +35,23 @@ def base_run(tmp_path_factory, tiny_data):
         batch_size=8,
         seed=1,
         tensorboard=False,
+        dense_units=16,
     )
-    return train(cfg, out)
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """`tiny_config(data_dir, **overrides) -> TrainConfig`."""
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def base_run(tmp_path_factory, tiny_data):
+    """A finished from-scratch run (two epochs) on `tiny_data`."""
+    from tl2edge.train.fit import train
+
+    return train(_tiny_config(tiny_data), tmp_path_factory.mktemp("runs") / "base")
 
 
 @pytest.fixture

@@ -37,21 +37,11 @@ def test_explicit_flags_win():
     assert plan.mixed_precision and plan.jit_compile
 
 
-def test_mixed_precision_training_saves_a_float32_model(tiny_data, tmp_path):
+def test_mixed_precision_training_saves_a_float32_model(tiny_data, tmp_path, tiny_config):
     """The mixed-precision code path, run on the CPU: the saved model is float32 throughout."""
     from tl2edge.train.model import load_inference_model
 
-    cfg = TrainConfig(
-        data_dir=str(tiny_data),
-        image_size=32,
-        weights="none",
-        epochs_head=1,
-        epochs_finetune=0,
-        batch_size=8,
-        dense_units=16,
-        tensorboard=False,
-        mixed_precision="on",
-    )
+    cfg = tiny_config(tiny_data, epochs_finetune=0, mixed_precision="on")
     run = train(cfg, tmp_path / "mp")
     assert json.loads((run / "run.json").read_text())["device"]["mixed_precision"] is True
     model = load_inference_model(run / "model.keras")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,24 +18,8 @@ import pytest
 from PIL import Image
 
 from tl2edge.errors import UserError
-from tl2edge.train.config import TrainConfig
 from tl2edge.train.fit import train
 from tl2edge.train.weights import backbone_arrays
-
-
-def _cfg(data, **kw) -> TrainConfig:
-    base = dict(
-        data_dir=str(data),
-        image_size=32,
-        weights="none",
-        epochs_head=1,
-        epochs_finetune=1,
-        batch_size=8,
-        seed=1,
-        tensorboard=False,
-        dense_units=16,
-    )
-    return TrainConfig(**{**base, **kw})
 
 
 def test_run_dir_contract(base_run, tiny_data):
@@ -82,16 +67,22 @@ def test_fingerprint_is_stable_and_tracks_the_data(base_run, tiny_data, tmp_path
     run = json.loads((base_run / "run.json").read_text())
     again = load_data(tiny_data, image_size=32, seed=1)
     assert again.fingerprint == run["data_fingerprint"]
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data, copy)
+    assert load_data(copy, image_size=32, seed=1).fingerprint == run["data_fingerprint"]
+    first = sorted(copy.rglob("*.png"))[0]
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(first)  # same name, other pixels
+    assert load_data(copy, image_size=32, seed=1).fingerprint != run["data_fingerprint"]
 
 
 def test_feature_extraction_keeps_the_backbone_and_fine_tune_moves_only_top_blocks(
-    base_run, tiny_data, tmp_path
+    base_run, tiny_data, tmp_path, tiny_config
 ):
     from tl2edge.train.model import load_inference_model
 
     source = backbone_arrays(load_inference_model(base_run / "model.keras").get_layer("vgg16"))
     fe = train(
-        _cfg(tiny_data, weights=str(base_run), strategy="feature-extraction", epochs_head=1),
+        tiny_config(tiny_data, weights=str(base_run), strategy="feature-extraction", epochs_head=1),
         tmp_path / "fe",
     )
     after = backbone_arrays(load_inference_model(fe / "model.keras").get_layer("vgg16"))
@@ -99,7 +90,7 @@ def test_feature_extraction_keeps_the_backbone_and_fine_tune_moves_only_top_bloc
     assert "backbone of run" in json.loads((fe / "run.json").read_text())["weights"]
 
     ft = train(
-        _cfg(
+        tiny_config(
             tiny_data,
             weights=str(base_run),
             strategy="fine-tune",
@@ -115,7 +106,7 @@ def test_feature_extraction_keeps_the_backbone_and_fine_tune_moves_only_top_bloc
     assert phases == ["head", "finetune"]
 
 
-def test_augment_and_class_weights_on_an_unbalanced_folder(tmp_path):
+def test_augment_and_class_weights_on_an_unbalanced_folder(tmp_path, tiny_config):
     from tl2edge.synth import write_dataset
     from tl2edge.train.data import class_weights
 
@@ -126,13 +117,13 @@ def test_augment_and_class_weights_on_an_unbalanced_folder(tmp_path):
         p.unlink()
     weights = class_weights(np.array([0] * 8 + [1] * 3), 2)
     assert weights[1] > weights[0]
-    run = train(_cfg(data, augment=True, epochs_finetune=0), tmp_path / "run")
+    run = train(tiny_config(data, augment=True, epochs_finetune=0), tmp_path / "run")
     from tl2edge.train.model import load_inference_model
 
     assert "augment" not in [lay.name for lay in load_inference_model(run / "model.keras").layers]
 
 
-def test_bad_images_stop_training_unless_skipped(tmp_path):
+def test_bad_images_stop_training_unless_skipped(tmp_path, tiny_config):
     from tl2edge.synth import write_dataset
 
     data = write_dataset(
@@ -141,30 +132,30 @@ def test_bad_images_stop_training_unless_skipped(tmp_path):
     bad = sorted(data.iterdir())[0] / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     with pytest.raises(UserError, match=r"broken\.jpg") as exc:
-        train(_cfg(data, epochs_finetune=0), tmp_path / "r1")
+        train(tiny_config(data, epochs_finetune=0), tmp_path / "r1")
     assert "--skip-bad-images" in str(exc.value)
     assert not (tmp_path / "r1").exists()
-    run = train(_cfg(data, epochs_finetune=0, skip_bad_images=True), tmp_path / "r2")
+    run = train(tiny_config(data, epochs_finetune=0, skip_bad_images=True), tmp_path / "r2")
     record = json.loads((run / "run.json").read_text())
     assert [b["path"] for b in record["bad_images"]] == [str(bad)]
     assert "unreadable images skipped: 1" in (run / "report.md").read_text()
 
 
-def test_existing_run_dir_is_not_overwritten(base_run, tiny_data):
+def test_existing_run_dir_is_not_overwritten(base_run, tiny_data, tiny_config):
     before = (base_run / "model.keras").read_bytes()
     with pytest.raises(UserError, match="--overwrite"):
-        train(_cfg(tiny_data), base_run)
+        train(tiny_config(tiny_data), base_run)
     assert (base_run / "model.keras").read_bytes() == before
 
 
-def test_resume_refuses_a_dir_without_checkpoint(tmp_path, base_run, tiny_data):
+def test_resume_refuses_a_dir_without_checkpoint(tmp_path, base_run, tiny_data, tiny_config):
     with pytest.raises(UserError, match="no resumable run"):
-        train(_cfg(tiny_data), tmp_path / "nothing", resume=True)
+        train(tiny_config(tiny_data), tmp_path / "nothing", resume=True)
     with pytest.raises(UserError, match="already complete"):
-        train(_cfg(tiny_data), base_run, resume=True)
+        train(tiny_config(tiny_data), base_run, resume=True)
 
 
-def test_sigterm_leaves_a_resumable_run(tmp_path, tiny_data):
+def test_sigterm_leaves_a_resumable_run(tmp_path, tiny_data, tiny_config):
     out = tmp_path / "interrupted"
     cmd = [
         sys.executable,
@@ -209,7 +200,9 @@ def test_sigterm_leaves_a_resumable_run(tmp_path, tiny_data):
     state = json.loads((out / "state.json").read_text())
     assert state["status"] == "interrupted"
 
-    done = train(_cfg(tiny_data, epochs_head=6, epochs_finetune=0, patience=100), out, resume=True)
+    done = train(
+        tiny_config(tiny_data, epochs_head=6, epochs_finetune=0, patience=100), out, resume=True
+    )
     history = json.loads((done / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6], (
         out / "history-scratch.csv"
