@@ -9,7 +9,7 @@ import numpy as np
 
 from tl2edge._proto import classifier_pb2 as pb
 from tl2edge._proto import classifier_pb2_grpc as pb_grpc
-from tl2edge.serve.dataplane import MAX_SIDE, DataPlane, ordered_stream
+from tl2edge.serve.dataplane import MAX_SIDE, DataPlane
 from tl2edge.serve.errors import InvalidInput, rpc_errors, stream_error_text
 
 
@@ -74,7 +74,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             except Exception as exc:  # reported in the stream, which continues
                 return pb.ClassifyResponse(id=request.id, error=stream_error_text(exc))
 
-        async for response in ordered_stream(request_iterator, handle):
+        async for response in self.plane.stream(request_iterator, handle, context):
             yield response
 
     @rpc_errors

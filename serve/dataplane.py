@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import numpy as np
@@ -73,11 +73,38 @@ class DataPlane:
         self.max_concurrent = max_concurrent_requests
         self.default_model = default_model
         self.ready = False
-        self.draining = False
+        self._drain = asyncio.Event()
         self.inflight = 0
         self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._drain.is_set()
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        if value:
+            self._drain.set()
+        else:
+            self._drain.clear()
+
+    async def stream(
+        self, requests: AsyncIterator[T], handle: Callable[[T], Awaitable[R]], context: Any
+    ) -> AsyncIterator[R]:
+        """A bidirectional stream that ends when the server drains.
+
+        Messages already received are answered; then the stream closes with UNAVAILABLE, so
+        a camera client reconnects to another replica at once instead of holding shutdown
+        until the grace period ends.
+        """
+        async for response in ordered_stream(requests, handle, until=self._drain):
+            yield response
+        if self.draining:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "server is shutting down; reconnect to another replica"
+            )
 
     # -- models ------------------------------------------------------------------------------
     def model(self, name: str = "", version: str | int = "") -> LoadedModel:
@@ -244,11 +271,17 @@ R = TypeVar("R")
 
 
 async def ordered_stream(
-    requests: AsyncIterator[T], handle: Callable[[T], Awaitable[R]], *, window: int = 16
+    requests: AsyncIterator[T],
+    handle: Callable[[T], Awaitable[R]],
+    *,
+    window: int = 16,
+    until: asyncio.Event | None = None,
 ) -> AsyncIterator[R]:
     """Handle stream messages concurrently (up to `window`) and yield results in order.
 
-    `handle` must not raise for a bad message; it returns an error response instead.
+    `handle` must not raise for a bad message; it returns an error response instead. When
+    `until` is set, no further message is read; those already taken are answered, then the
+    stream ends.
     """
     pending: asyncio.Queue[asyncio.Task[R] | None] = asyncio.Queue(maxsize=window)
 
@@ -258,20 +291,38 @@ async def ordered_stream(
         await pending.put(None)
 
     reader = asyncio.ensure_future(read())
+    stopper = asyncio.ensure_future(until.wait()) if until is not None else None
     try:
         while True:
             getter = asyncio.ensure_future(pending.get())
-            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            waits = {getter, reader} if reader is not None else {getter}
+            if stopper is not None:
+                waits.add(stopper)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
                 getter.cancel()
-                reader.result()  # the client stream failed: raise its error
-                getter = asyncio.ensure_future(pending.get())
-            task = await getter
+                if reader is not None and reader in done:
+                    reader.result()  # the client stream failed: raise its error
+                    reader = None  # it finished: the queue ends with None
+                if stopper is not None and stopper in done:
+                    if reader is not None:
+                        reader.cancel()
+                    while not pending.empty():
+                        task = pending.get_nowait()
+                        if task is None:
+                            break
+                        yield await task
+                    return
+                continue
+            task = getter.result()
             if task is None:
                 return
             yield await task
     finally:
-        reader.cancel()
+        if reader is not None:
+            reader.cancel()
+        if stopper is not None:
+            stopper.cancel()
         while not pending.empty():
             task = pending.get_nowait()
             if task is not None:

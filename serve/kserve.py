@@ -20,7 +20,7 @@ from tl2edge import __version__
 from tl2edge._proto import grpc_service_pb2 as pb
 from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc
 from tl2edge._proto import model_config_pb2 as mc
-from tl2edge.serve.dataplane import DataPlane, ordered_stream, top_k
+from tl2edge.serve.dataplane import DataPlane, top_k
 from tl2edge.serve.errors import InvalidInput, ServeError, rpc_errors, stream_error_text
 from tl2edge.serve.repository import LoadedModel
 
@@ -191,7 +191,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             return pb.ModelStreamInferResponse(infer_response=response)
 
-        async for response in ordered_stream(request_iterator, handle):
+        async for response in self.plane.stream(request_iterator, handle, context):
             yield response
 
     @rpc_errors

@@ -288,3 +288,50 @@ def test_a_model_onnx_runtime_cannot_load_is_one_clear_line(tmp_path, capsys):
     assert code == 2
     assert "ONNX Runtime cannot load this model" in err and str(bad) in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("api", ["classify", "kserve"])
+def test_drain_ends_open_streams_with_unavailable(repo, api):
+    """An idle camera stream must not hold shutdown until the grace period (600 s here) ends."""
+    from tl2edge._proto import classifier_pb2 as cpb
+    from tl2edge._proto import classifier_pb2_grpc as cpb_grpc
+    from tl2edge._proto import grpc_service_pb2 as kpb
+    from tl2edge._proto import grpc_service_pb2_grpc as kpb_grpc
+
+    s = ServerThread(repo)
+    pixels = random_pixels(1, seed=3)
+    keep_open = threading.Event()
+
+    def frames():
+        if api == "classify":
+            request = cpb.ClassifyRequest(model=MODEL, top_k=1, id="f0")
+            request.images.add(pixels=cpb.RawImage(height=8, width=8, data=pixels.tobytes()))
+        else:
+            request = kpb.ModelInferRequest(model_name=MODEL, id="f0")
+            request.inputs.add(name="image", datatype="UINT8", shape=[1, 8, 8, 3])
+            request.raw_input_contents.append(pixels.tobytes())
+        yield request
+        keep_open.wait(120)  # the camera is idle, the stream stays open
+
+    stopping = threading.Thread(target=s.stop, kwargs={"grace": 600})
+    try:
+        with grpc.insecure_channel(s.address) as channel:
+            if api == "classify":
+                responses = cpb_grpc.ClassifierStub(channel).ClassifyStream(frames(), timeout=20)
+            else:
+                responses = kpb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+                    frames(), timeout=20
+                )
+            first = next(responses)
+            assert (first.id if api == "classify" else first.infer_response.id) == "f0"
+            stopping.start()
+            with pytest.raises(grpc.RpcError) as exc:
+                next(responses)
+            assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in exc.value.details()
+            stopping.join(120)
+            assert not stopping.is_alive(), "stop() waited for the open stream"
+    finally:
+        keep_open.set()
+        if not stopping.is_alive() and not stopping.ident:
+            s.stop()
