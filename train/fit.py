@@ -312,6 +312,9 @@ def train(
         "classes": list(data.classes),
         "counts": {"train": len(data.train), "val": len(data.val)},
         "data_fingerprint": data.fingerprint,
+        "class_weights": (
+            {data.classes[k]: round(v, 4) for k, v in weights_cw.items()} if weights_cw else None
+        ),
         "bad_images": [{"path": p, "reason": r} for p, r in data.bad_images],
         "device": device,
         "timings": timings,

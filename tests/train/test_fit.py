@@ -117,10 +117,29 @@ def test_augment_and_class_weights_on_an_unbalanced_folder(tmp_path, tiny_config
         p.unlink()
     weights = class_weights(np.array([0] * 8 + [1] * 3), 2)
     assert weights[1] > weights[0]
-    run = train(tiny_config(data, augment=True, epochs_finetune=0), tmp_path / "run")
+    cfg = tiny_config(data, augment=True, epochs_finetune=0, tensorboard=True)
+    run = train(cfg, tmp_path / "run")
     from tl2edge.train.model import load_inference_model
 
     assert "augment" not in [lay.name for lay in load_inference_model(run / "model.keras").layers]
+    used = json.loads((run / "run.json").read_text())["class_weights"]
+    assert used["crescent"] > used["hexagon"]  # 3 crescents against 8 hexagons, before the split
+    assert list((run / "tensorboard" / "scratch").rglob("events.out.tfevents.*"))
+
+
+def test_separate_validation_folder(tmp_path, tiny_data, tiny_config):
+    from tl2edge.synth import write_dataset
+
+    val = write_dataset(
+        tmp_path / "val", task="target", per_class=2, size=32, classes=3, seed=9, progress=False
+    )
+    run = train(tiny_config(tiny_data, val_dir=str(val), epochs_finetune=0), tmp_path / "run")
+    assert json.loads((run / "run.json").read_text())["counts"] == {"train": 24, "val": 6}
+    other = write_dataset(
+        tmp_path / "other", task="target", per_class=2, size=32, classes=2, progress=False
+    )
+    with pytest.raises(UserError, match="same class folders"):
+        train(tiny_config(tiny_data, val_dir=str(other)), tmp_path / "run2")
 
 
 def test_bad_images_stop_training_unless_skipped(tmp_path, tiny_config):
