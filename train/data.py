@@ -102,6 +102,8 @@ def load_data(
             f"--val-dir {val_dir} has classes {list(val_folder.classes)} but the data dir has "
             f"{list(folder.classes)}; both need the same class folders"
         )
+    n_files = len(folder.files) + (len(val_folder.files) if val_folder else 0)
+    _check_memory(n_files, image_size)
     digest = hashlib.sha256()
     everything, bad = _decode_folder(folder, image_size, "decoding images", digest)
     val_bad: list[tuple[str, str]] = []
@@ -130,6 +132,30 @@ def load_data(
             "no validation images: every class has a single image; add images or pass --val-dir"
         )
     return Data(folder.classes, train, val, digest.hexdigest(), bad)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (unknown: no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_memory(n_images: int, image_size: int) -> None:
+    """Refuse before decoding when the decoded images would not fit in memory."""
+    need = n_images * image_size * image_size * 3
+    available = available_memory_bytes()
+    if available is not None and need > 0.7 * available:
+        raise UserError(
+            f"{n_images} images at {image_size}x{image_size} need {need / 2**30:.1f} GiB decoded, "
+            f"but only {available / 2**30:.1f} GiB of memory is available (tl2edge keeps the decoded "
+            "images in memory, at most 70 % of it); use a smaller --image-size or fewer images"
+        )
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float] | None:

@@ -96,3 +96,15 @@ def test_existing_run_dir_and_resume_without_checkpoint(tmp_path, capsys, base_r
 def test_bad_options(tmp_path, capsys, tiny_data, flag, value, message):
     assert main([*_train(str(tiny_data), "--out", str(tmp_path / "r")), flag, value]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_dataset_that_would_not_fit_in_memory_is_refused_up_front(
+    tmp_path, capsys, tiny_data, monkeypatch
+):
+    from tl2edge.train import data
+
+    monkeypatch.setattr(data, "available_memory_bytes", lambda: 50_000)  # 24 images x 3 KB = 74 KB
+    assert main(_train(str(tiny_data), "--out", str(tmp_path / "r"))) == 2
+    err = capsys.readouterr().err
+    assert "24 images at 32x32 need" in err and "smaller --image-size" in err
+    assert not (tmp_path / "r").exists()
