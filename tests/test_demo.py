@@ -37,7 +37,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
     assert "VGG16 from the shipped source backbone" in text and "transfer gain" in text
-    assert "| int8 | shapes-int8/1 |" in text
+    assert "| int8 | shapes-int8/1 |" in text and "int8 on the held-out test set" in text
+    assert (out / "evaluation-int8" / "confusion.png").is_file()
     assert "KServe v2 ModelInfer" in text and "server stopped with exit code 0" in text
     for run in ("transfer", "scratch"):
         assert (out / "runs" / run / "model.keras").is_file()

@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert a run to validated ONNX (fp32, int8, fp16) in a model repository",
     ),
     "bench": ("tl2edge.export.bench_cli", "measure latency and throughput of an ONNX model"),
+    "evaluate": (
+        "tl2edge.export.evaluate_cli",
+        "accuracy, per-class metrics and confusion matrix of an ONNX model on labelled images",
+    ),
     "serve": ("tl2edge.serve.cli", "serve a model repository over gRPC (KServe v2 + Classify API)"),
     "predict": ("tl2edge.client_cli", "classify images with a running server"),
     "health": ("tl2edge.client_cli_health", "exit 0 only if a server reports SERVING"),

@@ -152,6 +152,13 @@ def run(args: argparse.Namespace) -> int:
         f"Export of the fine-tuned model to {repo} ({exported.seconds:.0f} s; accuracy on the run's validation images)"
     )
     print(exported.table())
+    from tl2edge.export.evaluate import evaluate
+
+    int8 = evaluate(exported.row("int8").path, test, out=out / "evaluation-int8")
+    print(
+        f"int8 on the held-out test set: {int8.accuracy:.1%} (Keras: {acc_transfer:.1%}); "
+        f"confusion matrix in {out / 'evaluation-int8'}"
+    )
     print()
     if not args.skip_serve:
         _serve_and_classify(repo, exported.row("int8").model_name, test)

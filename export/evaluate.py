@@ -1,0 +1,139 @@
+"""`evaluate(model, data_dir)`: how an exported ONNX model does on a labelled image folder.
+
+The check before shipping a model to devices: accuracy, per-class precision/recall/F1 and
+the confusion matrix of an fp32, int8 or fp16 model on the user's own test images, decoded
+exactly as the server decodes them. Labels and input size come from the model's manifest
+(beside the file, or embedded in its metadata); class folders are matched to labels by name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from tl2edge.errors import UserError
+from tl2edge.images import BadImage, decode_rgb, scan_image_folder
+from tl2edge.manifest import MANIFEST, METADATA_KEY, Manifest
+from tl2edge.metrics import classification_metrics, plot_confusion
+
+log = logging.getLogger("tl2edge.export")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    model: Path
+    labels: list[str]
+    images: int
+    skipped: list[tuple[str, str]]
+    metrics: dict[str, Any]
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+    def table(self) -> str:
+        rows = [f"{'class':<20} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"]
+        for name, m in self.metrics["per_class"].items():
+            if m["support"]:
+                rows.append(
+                    f"{name:<20} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>8}"
+                )
+        rows.append(f"accuracy {self.accuracy:.2%} on {self.images} images")
+        return "\n".join(rows)
+
+
+def _manifest_of(model_file: Path, session: Any) -> Manifest:
+    beside = model_file.parent / MANIFEST
+    try:
+        if beside.is_file():
+            return Manifest.from_dict(json.loads(beside.read_text()))
+        embedded = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if embedded:
+            return Manifest.from_dict(json.loads(embedded))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise UserError(f"{model_file}: its manifest is invalid ({exc})") from exc
+    raise UserError(
+        f"{model_file} carries no tl2edge manifest (no {MANIFEST} beside it, none in its "
+        "metadata), so its labels are unknown; evaluate a model exported by `tl2edge export`"
+    )
+
+
+def evaluate(
+    model: str | Path,
+    data_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    skip_bad_images: bool = False,
+) -> Evaluation:
+    """Evaluate MODEL (a .onnx file or repository entry) on DATA_DIR (one folder per class).
+
+    With `out`, writes evaluation.json and confusion.png there. Raises UserError on bad input.
+    """
+    from tl2edge.export.bench import make_session, predict
+    from tl2edge.export.bench_cli import resolve_model
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    model_file = resolve_model(model)
+    session = make_session(model_file, device=device)
+    manifest = _manifest_of(model_file, session)
+    folder = scan_image_folder(data_dir, what="data dir", min_classes=1)
+    unknown = [c for c in folder.classes if c not in manifest.labels]
+    if unknown:
+        raise UserError(
+            f"class folder(s) {', '.join(unknown)} of {data_dir} are not labels of {manifest.name} "
+            f"({', '.join(manifest.labels)}); rename or remove them"
+        )
+    size = manifest.image_size
+    pixels, truth, skipped = [], [], []
+    for path, label in tqdm(
+        folder.files, desc="decoding images", unit="img", leave=False, mininterval=1.0
+    ):
+        try:
+            pixels.append(decode_rgb(path, size))
+        except BadImage as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        truth.append(manifest.labels.index(folder.classes[label]))
+    if skipped and not skip_bad_images:
+        listing = "\n".join(f"  {p}: {why}" for p, why in skipped[:10])
+        raise UserError(
+            f"{len(skipped)} image file(s) could not be read:\n{listing}\n"
+            "Fix or remove them, or pass --skip-bad-images"
+        )
+    if not pixels:
+        raise UserError(f"{data_dir}: no readable images")
+    x = np.stack(pixels)
+    if manifest.input.datatype != "UINT8":
+        x = x.astype(np.float32)
+    probs = predict(session, x, batch_size=batch_size)
+    metrics = classification_metrics(np.asarray(truth), probs.argmax(axis=1), manifest.labels)
+    result = Evaluation(model_file, list(manifest.labels), len(truth), skipped, metrics)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "model": str(model_file),
+            "name": manifest.name,
+            "version": manifest.version,
+            "variant": manifest.variant,
+            "data_dir": str(data_dir),
+            "images": len(truth),
+            "skipped": [{"path": p, "reason": r} for p, r in skipped],
+            **metrics,
+        }
+        (out / "evaluation.json").write_text(json.dumps(record, indent=2))
+        title = f"{manifest.name} v{manifest.version} on {Path(data_dir).name}"
+        plot_confusion(
+            metrics["confusion_matrix"], list(manifest.labels), out / "confusion.png", title=title
+        )
+        log.info("wrote %s and %s", out / "evaluation.json", out / "confusion.png")
+    return result

@@ -1,0 +1,35 @@
+"""`tl2edge evaluate MODEL DATA_DIR`: a thin layer over `tl2edge.export.evaluate.evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument("model", help="model.onnx, REPO/NAME/VERSION or REPO/NAME (highest version)")
+    p.add_argument("data_dir", help="labelled images, one sub-folder per class (names = labels)")
+    p.add_argument("--out", help="write evaluation.json and confusion.png into this folder")
+    p.add_argument(
+        "--device", default="cpu", help="auto | cpu | cuda | tensorrt (default %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="images per run (default %(default)s)"
+    )
+    p.add_argument(
+        "--skip-bad-images", action="store_true", help="leave unreadable images out (counted)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tl2edge.export.evaluate import evaluate
+
+    result = evaluate(
+        args.model, args.data_dir, out=args.out, device=args.device,
+        batch_size=args.batch_size, skip_bad_images=args.skip_bad_images,
+    )  # fmt: skip
+    print(f"{result.model}")
+    print(result.table())
+    if result.skipped:
+        print(f"{len(result.skipped)} unreadable image(s) skipped")
+    return 0
