@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tl2edge.errors import UserError
-from tl2edge.images import BadImage, decode_rgb, scan_image_folder
+from tl2edge.images import BadImage, decode_rgb, scan_image_folder, unreadable_images_error
 from tl2edge.manifest import MANIFEST, METADATA_KEY, Manifest
 from tl2edge.metrics import classification_metrics, plot_confusion
 
@@ -104,11 +104,7 @@ def evaluate(
             continue
         truth.append(manifest.labels.index(folder.classes[label]))
     if skipped and not skip_bad_images:
-        listing = "\n".join(f"  {p}: {why}" for p, why in skipped[:10])
-        raise UserError(
-            f"{len(skipped)} image file(s) could not be read:\n{listing}\n"
-            "Fix or remove them, or pass --skip-bad-images"
-        )
+        raise unreadable_images_error(skipped, "Fix or remove them, or pass --skip-bad-images.")
     if not pixels:
         raise UserError(f"{data_dir}: no readable images")
     x = np.stack(pixels)

@@ -54,6 +54,13 @@ def decode_rgb(
     return np.asarray(rgb, dtype=np.uint8)
 
 
+def unreadable_images_error(bad: list[tuple[str, str]], remedy: str) -> UserError:
+    """The error for unreadable files: how many, the first ten by name with the reason, the fix."""
+    listing = "\n".join(f"  {p}: {why}" for p, why in bad[:10])
+    more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return UserError(f"{len(bad)} image file(s) could not be read:\n{listing}{more}\n{remedy}")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img.copy()

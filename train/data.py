@@ -16,7 +16,13 @@ import numpy as np
 from tqdm import tqdm
 
 from tl2edge.errors import UserError
-from tl2edge.images import BadImage, ImageFolder, decode_rgb, scan_image_folder
+from tl2edge.images import (
+    BadImage,
+    ImageFolder,
+    decode_rgb,
+    scan_image_folder,
+    unreadable_images_error,
+)
 
 log = logging.getLogger("tl2edge.train")
 
@@ -111,11 +117,10 @@ def load_data(
         val, val_bad = _decode_folder(val_folder, image_size, "decoding validation images", digest)
     bad += val_bad
     if bad and not skip_bad_images:
-        listing = "\n".join(f"  {p}: {why}" for p, why in bad[:10])
-        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise UserError(
-            f"{len(bad)} image file(s) could not be read:\n{listing}{more}\n"
-            "Fix or remove them, or pass --skip-bad-images to train without them (they are counted in the report)."
+        raise unreadable_images_error(
+            bad,
+            "Fix or remove them, or pass --skip-bad-images to train without them "
+            "(they are counted in the report).",
         )
     for p, why in bad:
         log.warning("skipping unreadable image %s (%s)", p, why)
