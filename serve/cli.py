@@ -12,6 +12,28 @@ from tl2edge.errors import UserError
 
 log = logging.getLogger("tl2edge.serve")
 
+# ConnectionConfig field (serve/connections.py) -> (default, help). The defaults are repeated
+# because --help must not import grpc; a test checks that they agree.
+CONNECTION_FLAGS = {
+    "keepalive_s": (60.0, "ping a silent connection after N s (default 60)"),
+    "keepalive_timeout_s": (20.0, "close it if the ping is unanswered for N s (default 20)"),
+    "min_client_ping_s": (10.0, "clients may send keepalive pings this often (default 10)"),
+    "max_connection_age_s": (
+        1800.0,
+        "ask clients to reconnect after N s, so load spreads to new replicas "
+        "(default 1800; 0 = never)",
+    ),
+    "max_connection_age_grace_s": (
+        0.0,
+        "then close the connection after N s even with open streams (default 0 = never)",
+    ),
+    "max_connection_idle_s": (
+        900.0,
+        "close connections without calls for N s (default 900; 0 = never)",
+    ),
+    "max_concurrent_streams": (100, "concurrent RPCs per connection (default 100)"),
+}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Only argparse here: `tl2edge serve --help` must not import grpc or onnxruntime.
@@ -40,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     net = p.add_argument_group("network")
     net.add_argument(
-        "--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0; [::] for IPv6)"
+        "--host",
+        default="0.0.0.0",
+        help="gRPC address to listen on (default 0.0.0.0; :: or [::] for IPv6 and IPv4)",
     )
     net.add_argument(
         "--port", type=int, default=8500, help="gRPC port (default 8500; 0 = any free port)"
@@ -49,7 +73,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--metrics-port",
         type=int,
         default=8501,
-        help="Prometheus /metrics port (default 8501; -1 = off)",
+        help="Prometheus /metrics port (default 8501; -1 = off); TLS and token as the gRPC API",
+    )
+    net.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of /metrics (default 127.0.0.1, this machine only; 0.0.0.0 or :: to scrape "
+        "from elsewhere)",
     )
     net.add_argument(
         "--max-message-mb", type=int, default=64, help="largest request or response (default 64)"
@@ -60,6 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=256,
         help="beyond this, RESOURCE_EXHAUSTED (default 256)",
     )
+    conn = p.add_argument_group("connections")
+    for dest, (default, text) in CONNECTION_FLAGS.items():
+        flag = "--" + dest.replace("_", "-")
+        conn.add_argument(flag, type=type(default), default=default, help=text)
     dev = p.add_argument_group("runtime")
     dev.add_argument(
         "--device",
@@ -118,7 +152,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sec.add_argument(
         "--auth-token-file",
         type=Path,
-        help="require 'authorization: Bearer <token>' on every RPC but health",
+        help="require 'authorization: Bearer <token>' on every RPC but health, and on /metrics",
     )
     ops = p.add_argument_group("operations")
     ops.add_argument(
@@ -127,14 +161,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=30.0,
         help="on SIGTERM, time for in-flight requests (default 30)",
     )
-    ops.add_argument("--reload-interval-s", type=float, default=0.0, help="poll REPO for new versions every N s (default 0 = off)")  # fmt: skip
+    ops.add_argument("--reload-interval-s", type=float, default=0.0, help="poll REPO for new versions every N s (default 0 = off; implies --model-control-mode poll)")  # fmt: skip
+    ops.add_argument(
+        "--model-control-mode",
+        choices=["none", "poll", "explicit"],
+        default="",
+        help="as Triton: none = the start-up models until exit; poll = reload from REPO every "
+        "--reload-interval-s; explicit = only RepositoryModelLoad/Unload RPCs change models "
+        "(default: poll if --reload-interval-s is set, else none)",
+    )
+    ops.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: load this model at start-up (repeatable; default: every model)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports only when serving for real.
     from tl2edge.serve.auth import read_token
     from tl2edge.serve.batching import BatchConfig
+    from tl2edge.serve.connections import ConnectionConfig
     from tl2edge.serve.errors import DeviceUnavailable
+    from tl2edge.serve.metrics_http import host_port
     from tl2edge.serve.repository import VersionPolicy
     from tl2edge.serve.runtime import RuntimeConfig
     from tl2edge.serve.server import ServeConfig
@@ -157,18 +208,21 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent_requests=args.max_concurrent_requests,
             grace_s=args.grace_s,
             reload_interval_s=args.reload_interval_s,
+            model_control_mode=args.model_control_mode,
+            load_models=tuple(args.load_model),
+            connections=ConnectionConfig(**{d: getattr(args, d) for d in CONNECTION_FLAGS}),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-            metrics_host=args.host,
+            metrics_host=args.metrics_host,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if args.reload_interval_s and args.model:
         log.warning("--reload-interval-s watches the --model path for new or changed versions")
-    address = f"{args.host}:{args.port}"
+    address = host_port(args.host, args.port)
     try:
         return asyncio.run(serve(address, args.repository or args.model, config, runtime))
     except DeviceUnavailable as exc:

@@ -33,6 +33,7 @@ from tl2edge.serve.errors import (
     Unavailable,
 )
 from tl2edge.serve.metrics import Metrics
+from tl2edge.serve.modelcontrol import IndexEntry, ModelControl
 from tl2edge.serve.repository import LoadedModel, ModelRepository
 
 log = logging.getLogger("tl2edge.serve.dataplane")
@@ -78,6 +79,7 @@ class DataPlane:
         self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self._idle = asyncio.Event()
         self._idle.set()
+        self.control = ModelControl(repository)  # the server sets its mode and callback
 
     @property
     def draining(self) -> bool:
@@ -122,6 +124,20 @@ class DataPlane:
             f"this server has {len(names)} models ({', '.join(names)}); name one in the request "
             f"(or start the server with --default-model)"
         )
+
+    # -- model control (serve/modelcontrol.py) ---------------------------------------------
+    def repository_index(self, *, ready_only: bool = False) -> list[IndexEntry]:
+        return self.control.index(ready_only=ready_only)
+
+    async def load_model(self, name: str, parameters: Sequence[str] = ()) -> None:
+        if self.draining:
+            raise Unavailable("server is shutting down; load the model on another replica")
+        await self.control.load(name, parameters)
+
+    async def unload_model(self, name: str) -> None:
+        if self.draining:
+            raise Unavailable("server is shutting down; it unloads every model anyway")
+        await self.control.unload(name)
 
     # -- admission ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -283,12 +299,21 @@ async def ordered_stream(
     `until` is set, no further message is read; those already taken are answered, then the
     stream ends.
     """
-    pending: asyncio.Queue[asyncio.Task[R] | None] = asyncio.Queue(maxsize=window)
+    # A slot is taken before a message is read, so the reader never holds a received
+    # message it cannot queue: cancelling it (at drain) loses nothing that arrived.
+    slots = asyncio.Semaphore(window)
+    pending: asyncio.Queue[asyncio.Task[R] | None] = asyncio.Queue()
 
     async def read() -> None:
-        async for request in requests:
-            await pending.put(asyncio.ensure_future(handle(request)))
-        await pending.put(None)
+        messages = aiter(requests)
+        while True:
+            await slots.acquire()
+            try:
+                request = await anext(messages)
+            except StopAsyncIteration:
+                pending.put_nowait(None)
+                return
+            pending.put_nowait(asyncio.ensure_future(handle(request)))
 
     reader = asyncio.ensure_future(read())
     stopper = asyncio.ensure_future(until.wait()) if until is not None else None
@@ -317,7 +342,9 @@ async def ordered_stream(
             task = getter.result()
             if task is None:
                 return
-            yield await task
+            response = await task
+            slots.release()
+            yield response
     finally:
         if reader is not None:
             reader.cancel()

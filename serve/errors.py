@@ -41,6 +41,12 @@ class Unavailable(ServeError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class NotAllowed(ServeError):
+    """The server's configuration rules this request out (e.g. model control is off)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class DeadlineExceeded(ServeError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

@@ -25,7 +25,10 @@ from tl2edge.serve.errors import InvalidInput, ServeError, rpc_errors, stream_er
 from tl2edge.serve.repository import LoadedModel
 
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["classification", "model_configuration", "statistics", "binary_tensor_data"]
+EXTENSIONS = [
+    "classification", "model_configuration", "model_repository", "statistics",
+    "binary_tensor_data",
+]  # fmt: skip
 DTYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 CONFIG_TYPES = {"UINT8": mc.TYPE_UINT8, "FP32": mc.TYPE_FP32}
 
@@ -297,6 +300,24 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         else:
             models = repo.all()
         return pb.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
+
+    # Model repository extension; the server has one repository, `repository_name` is unused.
+    @rpc_errors
+    async def RepositoryIndex(self, request, context):
+        entries = self.plane.repository_index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**e._asdict()) for e in entries]
+        )
+
+    @rpc_errors
+    async def RepositoryModelLoad(self, request, context):
+        await self.plane.load_model(request.model_name, list(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc_errors
+    async def RepositoryModelUnload(self, request, context):
+        await self.plane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
 
 def _duration(d) -> pb.StatisticDuration:

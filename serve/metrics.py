@@ -1,7 +1,7 @@
 """What the server counts: Prometheus metrics and the KServe v2 per-model statistics.
 
 Each server gets its own registry, so several servers (tests) can live in one process.
-Served as Prometheus text on `--metrics-port`.
+Served as Prometheus text on `--metrics-host`:`--metrics-port` (serve/metrics_http.py).
 """
 
 from __future__ import annotations
@@ -9,8 +9,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from tl2edge.serve.metrics_http import MetricsServer
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -50,18 +54,18 @@ class Metrics:
             "tl2edge_model_loaded", "Loaded model versions and the execution providers they use",
             ["model", "version", "variant", "providers"], registry=r,
         )  # fmt: skip
-        self._http: object | None = None
+        self._http: MetricsServer | None = None
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return int(server.server_port)
+    def serve(self, host: str, port: int, **security: Any) -> int:
+        """Start the /metrics endpoint (TLS, token: see MetricsServer); returns the bound port."""
+        from tl2edge.serve.metrics_http import MetricsServer
+
+        self._http = MetricsServer(self.registry, host, port, **security)
+        return self._http.port
 
     def close(self) -> None:
         if self._http is not None:
-            self._http.shutdown()  # type: ignore[attr-defined]
-            self._http.server_close()  # type: ignore[attr-defined]
+            self._http.close()
             self._http = None
 
 

@@ -188,12 +188,20 @@ class ModelRepository:
         self._on_change = on_change
         self._check = ProviderCheck(self.runtime)
         self._failed: dict[Path, tuple[int, ...]] = {}
+        self.enabled: set[str] | None = None  # model control: only these names (None: all)
         if not self.source.exists():
             raise UserError(f"model source {self.source} does not exist")
 
     # -- what the source holds -------------------------------------------------------------
     def scan(self) -> dict[tuple[str, int], Path]:
         """(name, version) -> version folder or file, after the version policy."""
+        found = self.scan_source()
+        if self.enabled is None:
+            return found
+        return {key: path for key, path in found.items() if key[0] in self.enabled}
+
+    def scan_source(self) -> dict[tuple[str, int], Path]:
+        """Like `scan`, but every model in the source, enabled or not."""
         src = self.source
         if src.is_file():
             if src.suffix != ".onnx":
@@ -347,6 +355,40 @@ class ModelRepository:
     async def _retire(model: LoadedModel) -> None:
         await model.batcher.close()
         log.info("model version retired", extra={"model": model.name, "version": model.version})
+
+    # -- explicit model control -----------------------------------------------------------
+    async def load_model(self, name: str) -> list[LoadedModel]:
+        """Load (or reload) the selected versions of one model; raises if one fails to load.
+
+        The versions already served keep serving until all new ones are loaded, and also
+        if loading fails.
+        """
+        wanted = {v: p for (n, v), p in self.scan_source().items() if n == name}
+        if not wanted:
+            raise ModelNotFound(f"no model {name!r} in {self.source}")
+        loaded: list[LoadedModel] = []
+        try:
+            for version, path in sorted(wanted.items()):
+                loaded.append(await self._load(name, version, path))
+        except BaseException:
+            await asyncio.gather(*(m.batcher.close() for m in loaded), return_exceptions=True)
+            raise
+        if self.enabled is not None:
+            self.enabled.add(name)
+        old = self.models.get(name, {})
+        self.models[name] = {m.version: m for m in loaded}
+        for model in old.values():
+            asyncio.get_running_loop().create_task(self._retire(model))
+        log.info("model loaded on request", extra={"model": name, "versions": sorted(wanted)})
+        return loaded
+
+    def unload_model(self, name: str) -> None:
+        """Stop serving a model; requests already queued on it finish first."""
+        if self.enabled is not None:
+            self.enabled.discard(name)
+        for model in self.models.pop(name, {}).values():
+            asyncio.get_running_loop().create_task(self._retire(model))
+        log.info("model unloaded on request", extra={"model": name})
 
     # -- lookup -------------------------------------------------------------------------------
     def get(self, name: str, version: str | int = "") -> LoadedModel:

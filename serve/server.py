@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tl2edge._proto import classifier_pb2, classifier_pb2_grpc, grpc_service_pb2
 from tl2edge._proto import grpc_service_pb2_grpc as kserve_grpc
@@ -31,9 +30,13 @@ from tl2edge.errors import UserError
 from tl2edge.serve.auth import TokenAuth
 from tl2edge.serve.batching import BatchConfig
 from tl2edge.serve.classifier import ClassifierServicer
+from tl2edge.serve.connections import ConnectionConfig
 from tl2edge.serve.dataplane import DataPlane
+from tl2edge.serve.health import DrainingHealthServicer
 from tl2edge.serve.kserve import KServeServicer
 from tl2edge.serve.metrics import Metrics
+from tl2edge.serve.modelcontrol import MODES, ModelControl
+from tl2edge.serve.reflection import enable_reflection
 from tl2edge.serve.repository import ModelRepository, VersionPolicy
 from tl2edge.serve.runtime import RuntimeConfig
 
@@ -55,7 +58,10 @@ class ServeConfig:
     max_message_mb: int = 64
     max_concurrent_requests: int = 256
     grace_s: float = 30.0
-    reload_interval_s: float = 0.0  # 0 = no hot reload
+    reload_interval_s: float = 0.0  # poll interval of --model-control-mode poll
+    model_control_mode: str = ""  # none|poll|explicit; "": poll if reload_interval_s else none
+    load_models: tuple[str, ...] = ()  # explicit mode: served from start-up (empty: all)
+    connections: ConnectionConfig = field(default_factory=ConnectionConfig)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: clients must present a certificate it signed
@@ -76,6 +82,22 @@ class ServeConfig:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key too")
         if self.grace_s < 0 or self.reload_interval_s < 0:
             raise ValueError("grace and reload interval must be >= 0 seconds")
+        object.__setattr__(self, "model_control_mode", self._control_mode())
+
+    def _control_mode(self) -> str:
+        mode = self.model_control_mode or ("poll" if self.reload_interval_s > 0 else "none")
+        if mode not in MODES:
+            raise ValueError(f"--model-control-mode {mode!r}: use one of {', '.join(MODES)}")
+        if mode == "poll" and not self.reload_interval_s:
+            raise ValueError("--model-control-mode poll needs --reload-interval-s N (> 0)")
+        if mode != "poll" and self.reload_interval_s:
+            raise ValueError(
+                f"--reload-interval-s polls the repository: it goes with --model-control-mode "
+                f"poll, not {mode}"
+            )
+        if self.load_models and mode != "explicit":
+            raise ValueError("--load-model needs --model-control-mode explicit")
+        return mode
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -103,7 +125,7 @@ class Server:
         self,
         grpc_server: grpc.aio.Server,
         plane: DataPlane,
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: DrainingHealthServicer,
         config: ServeConfig,
         address: str,
         port: int,
@@ -117,6 +139,7 @@ class Server:
         self.metrics_port: int | None = None
         self.started_at = time.monotonic()
         self._reloader: asyncio.Task | None = None
+        self._known_models: set[str] = set()
         self._stopped = asyncio.Event()
 
     @property
@@ -125,11 +148,16 @@ class Server:
 
     async def start(self) -> None:
         """Open the port (health NOT_SERVING), load and warm every model, then SERVING."""
-        await self.grpc.start()
-        if self.config.metrics_port is not None:
+        if self.config.metrics_port is not None:  # first: a busy port stops us before gRPC
             self.metrics_port = self.plane.metrics.serve(
-                self.config.metrics_host, self.config.metrics_port
+                self.config.metrics_host,
+                self.config.metrics_port,
+                tls_cert=self.config.tls_cert,
+                tls_key=self.config.tls_key,
+                tls_client_ca=self.config.tls_client_ca,
+                token=self.config.auth_token,
             )
+        await self.grpc.start()
         try:
             await self.repository.load_all()
         except BaseException:
@@ -137,15 +165,17 @@ class Server:
             self.plane.metrics.close()
             raise
         self._publish_models(self.repository)
+        self._known_models = set(self.repository.models)
         self.plane.ready = True
         self.plane.metrics.ready.set(1)
         await self._set_health(SERVING)
-        if self.config.reload_interval_s > 0:
+        if self.config.model_control_mode == "poll":
             self._reloader = asyncio.get_running_loop().create_task(self._reload_forever())
         log.info(
             "serving",
             extra={
                 "address": f"{self.address.rsplit(':', 1)[0]}:{self.port}",
+                "model_control": self.config.model_control_mode,
                 "models": ", ".join(str(m) for m in self.repository.all()),
                 "tls": "mutual" if self.config.tls_client_ca else bool(self.config.tls_cert),
                 "auth": bool(self.config.auth_token),
@@ -165,7 +195,7 @@ class Server:
         log.info("draining", extra={"inflight": self.plane.inflight, "grace_s": grace})
         self.plane.draining = True
         self.plane.metrics.ready.set(0)
-        await self._set_health(NOT_SERVING)
+        await self.health.enter_graceful_shutdown()  # also ends health Watch streams
         if self._reloader:
             self._reloader.cancel()
         finished = await self.plane.wait_idle(grace)
@@ -196,7 +226,6 @@ class Server:
             gauge.labels(m.name, str(m.version), m.manifest.variant, ",".join(m.providers)).set(1)
 
     async def _reload_forever(self) -> None:
-        known = set(self.repository.models)
         while True:
             await asyncio.sleep(self.config.reload_interval_s)
             try:
@@ -204,16 +233,19 @@ class Server:
             except Exception:  # keep serving what is loaded
                 log.exception("model reload failed")
                 continue
-            if not changes:
-                continue
-            self._publish_models(self.repository)
-            current = set(self.repository.models)
-            status = NOT_SERVING if self.plane.draining else SERVING
-            for name in current:
-                await self.health.set(name, status)
-            for name in known - current:
-                await self.health.set(name, NOT_SERVING)
-            known = current
+            if changes:
+                await self._models_changed()
+
+    async def _models_changed(self) -> None:
+        """After a reload, load or unload: metrics and per-model health follow the models."""
+        self._publish_models(self.repository)
+        current = set(self.repository.models)
+        status = NOT_SERVING if self.plane.draining else SERVING
+        for name in current:
+            await self.health.set(name, status)
+        for name in self._known_models - current:
+            await self.health.set(name, NOT_SERVING)
+        self._known_models = current
 
 
 async def create_server(
@@ -241,6 +273,8 @@ async def create_server(
         max_concurrent_requests=config.max_concurrent_requests,
         default_model=config.default_model,
     )
+    plane.control = ModelControl(repository, config.model_control_mode)
+    plane.control.select_startup_models(config.load_models)
     limit = config.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
         interceptors=[TokenAuth(config.auth_token)] if config.auth_token else None,
@@ -248,21 +282,21 @@ async def create_server(
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
+            *config.connections.options(),
         ],
     )
     kserve_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(plane), server)
     classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(plane), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", NOT_SERVING)
-    reflection.enable_server_reflection(
+    enable_reflection(
+        server,
         [
             KSERVE_SERVICE,
             CLASSIFIER_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
         ],
-        server,
     )
     credentials = _credentials(config)
     try:
@@ -274,7 +308,9 @@ async def create_server(
         raise UserError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:
         raise UserError(f"cannot listen on {address} (in use, or not a local address)")
-    return Server(server, plane, health_servicer, config, address, port), port
+    served = Server(server, plane, health_servicer, config, address, port)
+    plane.control.on_change = served._models_changed
+    return served, port
 
 
 def _observe(

@@ -128,3 +128,57 @@ def test_bearer_token(repo):
         with Client(s.address, token=token) as good:
             assert good.classify([random_pixels(1)[0]])[0]
             assert len(list(good.classify_stream([[random_pixels(1)[0]]]))) == 1
+
+
+def _scrape(url: str, *, token: str | None = None, context=None) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_metrics_endpoint_uses_the_api_tls_and_token(repo, pki):
+    import ssl
+    import urllib.error
+
+    token = "s3cret-token-0123456789"
+    config = ServeConfig(
+        tls_cert=pki["server_crt"], tls_key=pki["server_key"], auth_token=token, metrics_port=0
+    )
+    with ServerThread(repo, config=config) as s:
+        url = f"https://127.0.0.1:{s.server.metrics_port}/metrics"
+        trusted = ssl.create_default_context(cafile=str(pki["ca"]))
+        status, body = _scrape(url, token=token, context=trusted)
+        assert status == 200 and b"tl2edge_ready 1.0" in body
+        assert _scrape(url, context=trusted)[0] == 401
+        assert _scrape(url, token="wrong-token-0123456789", context=trusted)[0] == 401
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plain HTTP
+            _scrape(url.replace("https", "http"), token=token)
+        with pytest.raises(urllib.error.URLError):  # nor HTTPS the client cannot verify
+            _scrape(url, token=token, context=ssl.create_default_context())
+
+
+def test_metrics_endpoint_mutual_tls(repo, pki):
+    import ssl
+    import urllib.error
+
+    config = ServeConfig(
+        tls_cert=pki["server_crt"],
+        tls_key=pki["server_key"],
+        tls_client_ca=pki["ca"],
+        metrics_port=0,
+    )
+    with ServerThread(repo, config=config) as s:
+        url = f"https://127.0.0.1:{s.server.metrics_port}/metrics"
+        context = ssl.create_default_context(cafile=str(pki["ca"]))
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            _scrape(url, context=context)
+        context.load_cert_chain(str(pki["client_crt"]), str(pki["client_key"]))
+        assert _scrape(url, context=context)[0] == 200
