@@ -315,10 +315,10 @@ async def ordered_stream(
                 return
             pending.put_nowait(asyncio.ensure_future(handle(request)))
 
-    reader = asyncio.ensure_future(read())
+    reader: asyncio.Future[None] | None = asyncio.ensure_future(read())
     stopper = asyncio.ensure_future(until.wait()) if until is not None else None
     try:
-        while True:
+        while stopper is None or not stopper.done():
             getter = asyncio.ensure_future(pending.get())
             waits = {getter, reader} if reader is not None else {getter}
             if stopper is not None:
@@ -329,15 +329,6 @@ async def ordered_stream(
                 if reader is not None and reader in done:
                     reader.result()  # the client stream failed: raise its error
                     reader = None  # it finished: the queue ends with None
-                if stopper is not None and stopper in done:
-                    if reader is not None:
-                        reader.cancel()
-                    while not pending.empty():
-                        task = pending.get_nowait()
-                        if task is None:
-                            break
-                        yield await task
-                    return
                 continue
             task = getter.result()
             if task is None:
@@ -345,6 +336,14 @@ async def ordered_stream(
             response = await task
             slots.release()
             yield response
+        # Draining: read nothing more, answer every message already taken, end.
+        if reader is not None:
+            reader.cancel()
+        while not pending.empty():
+            task = pending.get_nowait()
+            if task is None:
+                break
+            yield await task
     finally:
         if reader is not None:
             reader.cancel()
