@@ -32,19 +32,34 @@ def test_generated_stubs_are_up_to_date():
     assert not stale, f"run `make protos`: {stale} differ from protos/"
 
 
-def test_reflection_lists_every_service(server):
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_answers_as_v1_and_v1alpha(server, version):
+    from grpc_reflection.v1alpha import reflection_pb2  # v1 has the same messages
 
+    method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
     with grpc.insecure_channel(server.address) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        request = reflection_pb2.ServerReflectionRequest(list_services="")
-        response = next(stub.ServerReflectionInfo(iter([request])))
-    names = {s.name for s in response.list_services_response.service}
+        call = channel.stream_stream(
+            method,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="inference.GRPCInferenceService"
+            ),
+        ]
+        listed, described = list(call(iter(requests), timeout=20))
+    names = {s.name for s in listed.list_services_response.service}
     assert {
         "inference.GRPCInferenceService",
         "tl2edge.v1.Classifier",
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
     } <= names
+    files = described.file_descriptor_response.file_descriptor_proto
+    assert files and any(b"RepositoryModelLoad" in f for f in files)
 
 
 def _triton_python() -> Path:
