@@ -183,9 +183,8 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports only when serving for real.
     from tl2edge.serve.auth import read_token
     from tl2edge.serve.batching import BatchConfig
-    from tl2edge.serve.connections import ConnectionConfig
+    from tl2edge.serve.connections import ConnectionConfig, address_family, host_port
     from tl2edge.serve.errors import DeviceUnavailable
-    from tl2edge.serve.metrics_http import host_port
     from tl2edge.serve.repository import VersionPolicy
     from tl2edge.serve.runtime import RuntimeConfig
     from tl2edge.serve.server import ServeConfig
@@ -222,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     if args.reload_interval_s and args.model:
         log.warning("--reload-interval-s watches the --model path for new or changed versions")
+    address_family(args.host, args.port, flag="--host")  # one clear line, before grpc's own
     address = host_port(args.host, args.port)
     try:
         return asyncio.run(serve(address, args.repository or args.model, config, runtime))

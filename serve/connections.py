@@ -4,12 +4,16 @@ The defaults suit replicas behind a Kubernetes Service: keepalive pings find cli
 vanished without closing (a camera that lost power), a maximum connection age makes
 long-lived clients reconnect now and then so new replicas get their share, open streams
 are never cut by that (the age grace is unlimited unless set), and one connection cannot
-open more streams than `max_concurrent_streams`.
+open more streams than `max_concurrent_streams`. Also: listen addresses (IPv6 included),
+shared by the gRPC port and the metrics endpoint.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
+
+from tl2edge.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -62,3 +66,29 @@ class ConnectionConfig:
         if self.max_connection_idle_s:
             out.append(("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s)))
         return out
+
+
+# -- listen addresses ---------------------------------------------------------------------
+def unbracket(host: str) -> str:
+    """`[::]` -> `::` (the URL form of an IPv6 address is what people type)."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port` as gRPC and URLs want it: IPv6 addresses in brackets."""
+    host = unbracket(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def address_family(host: str, port: int, *, flag: str) -> socket.AddressFamily:
+    """The socket family to listen on `host` with; one clear error if it is no address."""
+    try:
+        infos = socket.getaddrinfo(
+            unbracket(host), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(
+            f"{flag} {host!r} is not an address or name of this machine ({exc}); "
+            f"use e.g. 127.0.0.1, 0.0.0.0 or [::]"
+        ) from None
+    return infos[0][0]

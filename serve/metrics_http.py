@@ -27,17 +27,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from tl2edge.errors import UserError
-
-
-def unbracket(host: str) -> str:
-    """`[::]` -> `::` (the URL form of an IPv6 address is what people type)."""
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def host_port(host: str, port: int) -> str:
-    """`host:port` as gRPC and URLs want it: IPv6 addresses in brackets."""
-    host = unbracket(host)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+from tl2edge.serve.connections import address_family, host_port, unbracket
 
 
 def require_bearer(app: Callable, token: str) -> Callable:
@@ -81,7 +71,7 @@ class MetricsServer:
         app = make_wsgi_app(registry)
         if token:
             app = require_bearer(app, token)
-        family = _family(host, port)
+        family = address_family(host, port, flag="--metrics-host")
 
         class Server(ThreadingMixIn, WSGIServer):
             daemon_threads = True
@@ -129,19 +119,6 @@ class MetricsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)
-
-
-def _family(host: str, port: int) -> socket.AddressFamily:
-    try:
-        infos = socket.getaddrinfo(
-            unbracket(host), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UserError(
-            f"--metrics-host {host!r} is not an address or name of this machine ({exc}); "
-            f"use e.g. 127.0.0.1, 0.0.0.0 or [::]"
-        ) from None
-    return infos[0][0]
 
 
 def _tls_context(cert: Path, key: Path | None, client_ca: Path | None) -> ssl.SSLContext:

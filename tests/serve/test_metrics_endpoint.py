@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tl2edge.cli import build_parser, main
-from tl2edge.serve.metrics_http import host_port
+from tl2edge.serve.connections import host_port
 from tl2edge.serve.server import ServeConfig, create_server
 
 
@@ -97,3 +97,13 @@ def test_busy_grpc_port_is_one_clear_line(repo, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "error: cannot listen on 127.0.0.1:" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "[::1"])
+def test_bad_grpc_host_is_one_clear_line(repo, capsys, host):
+    args = _serve(repo, "--metrics-port", "-1")
+    args[args.index("--host") + 1] = host
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.startswith(f"error: --host {host!r} is not an address") and err.count("\n") == 1
