@@ -89,11 +89,15 @@ def run(args: argparse.Namespace) -> int:
     if args.seconds <= 0 or args.warmup < 0:
         raise UserError("--seconds must be positive and --warmup not negative")
     path = resolve_model(args.model)
+    import time
+
     from tl2edge.serve.cli import openvino_config
 
+    t0 = time.perf_counter()
     selection = bench.make_selection(
         path, device=args.device, threads=args.threads, **openvino_config(args)
     )
+    load_s = time.perf_counter() - t0
     session = selection.session
     providers = session.get_providers()
     spec = session.get_inputs()[0]
@@ -130,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         ]
     print(
         f"{path}  device={args.device}  providers={','.join(providers)}  threads={args.threads or 'default'}"
+        f"  load {load_s:.2f} s"
     )
     if selection.probes:
         print(selection.table())
@@ -147,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             "device": args.device,
             "providers": providers,
             "selection": selection.to_dict(),
+            "load_s": round(load_s, 3),
             "threads": args.threads,
             "results": [{"runtime": r, **t.to_dict()} for r, t in rows],
         }

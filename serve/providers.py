@@ -367,6 +367,7 @@ class Selection:
     requested: str
     probes: list[Probe] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)  # device -> why not measured
+    options: dict[str, str] = field(default_factory=dict)  # the chosen provider's options
 
     @property
     def providers(self) -> list[str]:
@@ -390,6 +391,7 @@ class Selection:
             "providers": self.providers,
             "probes": [p.to_dict() for p in self.probes],
             "excluded": dict(self.excluded),
+            "options": dict(self.options),
         }
 
 
@@ -404,7 +406,10 @@ def select_session(
     measured candidate whose outputs did not fail the accuracy gate (`failed`: device ->
     reason, from the model's manifest)."""
     if config.device != "auto":
-        return Selection(open_session(path, config.device, config), config.device, config.device)
+        session = open_session(path, config.device, config)
+        return Selection(
+            session, config.device, config.device, options=provider_options(config.device, config)
+        )
     failed = dict(failed or {})
     candidates = auto_candidates()
     excluded = {d: failed[d] for d in candidates if d in failed and d != "cpu"}
@@ -425,7 +430,9 @@ def select_session(
     chosen = choose(probes)
     if chosen not in sessions:  # nothing ran: CPU is the last resort and errors speak for it
         return Selection(open_session(path, "cpu", config), "cpu", "auto", probes, excluded)
-    selection = Selection(sessions.pop(chosen), chosen, "auto", probes, excluded)
+    selection = Selection(
+        sessions.pop(chosen), chosen, "auto", probes, excluded, provider_options(chosen, config)
+    )
     sessions.clear()  # the others are released here
     log.info(selection.table(), extra={"model": str(path)})
     return selection

@@ -233,12 +233,14 @@ from tl2edge.serve import providers as pv
 config = pv.RuntimeConfig(device="openvino", openvino_cache_dir={str(tmp_path / "ov")!r})
 explicit = pv.select_session({str(model)!r}, config)
 auto = pv.select_session({str(model)!r}, pv.RuntimeConfig(device="auto", probe_max_batch=4))
-print(json.dumps({{"explicit": explicit.providers, "auto": auto.to_dict()}}))
+print(json.dumps({{"explicit": explicit.providers, "options": explicit.options,
+                  "auto": auto.to_dict()}}))
 """
     done = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["explicit"][0] == pv.OPENVINO
+    assert out["options"]["precision"] == "FP32"  # the precision that ran is reported
     measured = [p["device"] for p in out["auto"]["probes"]]
     assert measured == ["cpu", "openvino"]
     probes = [pv.Probe(**p) for p in out["auto"]["probes"]]
