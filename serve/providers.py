@@ -161,7 +161,8 @@ def _openvino_plugin_devices() -> tuple[list[Any], str]:
                     cpu = [d for d in devices if d.ep_metadata.get("ov_device") == "CPU"]
                     reason = "" if cpu else (
                         f"the OpenVINO plugin ({OPENVINO_PLUGIN}) is installed but offers no "
-                        "CPU device on this machine (its releases list Intel devices only)"
+                        "CPU device on this machine (its releases list Intel devices only; "
+                        "on other CPUs install onnxruntime-openvino instead of onnxruntime)"
                     )  # fmt: skip
                     _plugin_state.update(devices=cpu, reason=reason)
         return list(_plugin_state["devices"]), str(_plugin_state["reason"])
