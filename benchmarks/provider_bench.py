@@ -69,7 +69,7 @@ def worker(python: Path, engine: str, model: Path, args: argparse.Namespace) -> 
 def tl2edge_auto(python: Path, model: Path, args: argparse.Namespace, tmp: Path) -> dict:
     out = tmp / f"auto-{python.parent.parent.name}-{model.parent.parent.name}.json"
     cmd = [str(python), "-m", "tl2edge", "bench", str(model), "--device", "auto",
-           "--batch-sizes", args.batch_sizes, "--seconds", str(args.seconds), "--warmup", "2",
+           "--batch-sizes", args.batch_sizes, "--seconds", str(args.seconds), "--warmup", "1",
            "--json", str(out)]  # fmt: skip
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -127,11 +127,11 @@ def main() -> None:
     repo = ROOT / "build" / "bench-export" / "repo"
     p.add_argument("--fp32", default=str(repo / "vgg16-fp32" / "1" / "model.onnx"))
     p.add_argument("--int8", default=str(repo / "vgg16-int8" / "1" / "model.onnx"))
-    p.add_argument("--batch-sizes", default="1,2,4,8")
+    p.add_argument("--batch-sizes", default="1,2,4,8", help="best throughput is over these")
     p.add_argument("--seconds", type=float, default=2.0, help="per engine per batch size")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "providers.json"))
     args = p.parse_args()
-    files = {"fp32": Path(args.fp32), "int8": Path(args.int8)}
+    files = {"int8": Path(args.int8), "fp32": Path(args.fp32)}
     for f in files.values():
         if not f.is_file():
             raise SystemExit(f"{f} is missing: run benchmarks/export_variants.py first")

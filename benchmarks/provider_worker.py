@@ -78,11 +78,10 @@ def main() -> None:
     results = {}
     for b in (int(s) for s in args.batch_sizes.split(",")):
         x = rng.integers(0, 256, (b, args.size, args.size, 3)).astype(np.uint8)
-        run(x)
-        run(x)
+        run(x)  # warm-up
         times = []
         start = time.perf_counter()
-        while len(times) < 3 or time.perf_counter() - start < args.seconds:
+        while len(times) < 2 or time.perf_counter() - start < args.seconds:
             t = time.perf_counter()
             run(x)
             times.append((time.perf_counter() - t) * 1000.0)
