@@ -151,6 +151,12 @@ def add_openvino_arguments(group) -> None:  # type: ignore[no-untyped-def]
         default="",
         help="keep compiled OpenVINO models here so the next start is fast",
     )
+    group.add_argument(
+        "--auto-cache-dir",
+        default="",
+        help="--device auto keeps its measurements per model file here; the next start "
+        "opens only the chosen provider",
+    )
 
 
 def openvino_config(args: argparse.Namespace) -> dict:
@@ -160,6 +166,7 @@ def openvino_config(args: argparse.Namespace) -> dict:
         "openvino_streams": args.openvino_streams,
         "openvino_threads": args.openvino_threads,
         "openvino_cache_dir": args.openvino_cache_dir,
+        "auto_cache_dir": args.auto_cache_dir,
     }
 
 

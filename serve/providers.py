@@ -92,6 +92,7 @@ class RuntimeConfig:
     openvino_threads: int = 0
     openvino_cache_dir: str = ""
     probe_max_batch: int = 8  # the largest batch `auto` times (serve: --max-batch-size)
+    auto_cache_dir: str = ""  # where `auto` keeps its measurements per model file
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -369,6 +370,7 @@ class Selection:
     probes: list[Probe] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)  # device -> why not measured
     options: dict[str, str] = field(default_factory=dict)  # the chosen provider's options
+    cached: bool = False  # probes read from --auto-cache-dir instead of measured now
 
     @property
     def providers(self) -> list[str]:
@@ -383,7 +385,8 @@ class Selection:
             for p in self.probes
         ]
         cells += [f"{d}: skipped ({why})" for d, why in self.excluded.items()]
-        return f"auto chose {self.device} | " + " | ".join(cells)
+        cached = " (cached measurements)" if self.cached else ""
+        return f"auto chose {self.device}{cached} | " + " | ".join(cells)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -393,6 +396,7 @@ class Selection:
             "probes": [p.to_dict() for p in self.probes],
             "excluded": dict(self.excluded),
             "options": dict(self.options),
+            "cached": self.cached,
         }
 
 
@@ -419,7 +423,16 @@ def select_session(
         return Selection(open_session(path, "cpu", config), "cpu", "auto", excluded=excluded)
     batch = max_batch or config.probe_max_batch
     sessions: dict[str, ort.InferenceSession] = {}
-    probes: list[Probe] = []
+    cache = _probe_cache_file(path, candidates, batch, config)
+    probes = _read_probes(cache)
+    if probes:  # measured before for this file, machine and options: open only the choice
+        chosen = choose(probes)
+        selection = Selection(
+            open_session(path, chosen, config), chosen, "auto", probes, excluded,
+            provider_options(chosen, config), cached=True,
+        )  # fmt: skip
+        log.info(selection.table(), extra={"model": str(path)})
+        return selection
     for device in candidates:
         try:
             session = open_session(path, device, config)
@@ -435,8 +448,63 @@ def select_session(
         sessions.pop(chosen), chosen, "auto", probes, excluded, provider_options(chosen, config)
     )
     sessions.clear()  # the others are released here
+    if cache is not None and len(probes) == len(candidates):
+        _write_probes(cache, probes)
     log.info(selection.table(), extra={"model": str(path)})
     return selection
+
+
+def _probe_cache_file(
+    path: str | Path, candidates: list[str], batch: int, config: RuntimeConfig
+) -> Path | None:
+    """Where `auto`'s measurements of this exact file, machine, runtime and options live."""
+    if not config.auto_cache_dir:
+        return None
+    import hashlib
+    import platform
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    key = json.dumps(
+        [digest.hexdigest(), candidates, batch, ort.__version__, platform.node(),
+         _cpu_name(), [provider_options(d, config) for d in candidates],
+         config.intra_op_threads, config.inter_op_threads, config.graph_optimization],
+    )  # fmt: skip
+    name = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return Path(config.auto_cache_dir) / f"tl2edge-auto-{name}.json"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _read_probes(cache: Path | None) -> list[Probe]:
+    if cache is None or not cache.is_file():
+        return []
+    try:
+        return [Probe(**p) for p in json.loads(cache.read_text())["probes"]]
+    except (ValueError, KeyError, TypeError) as exc:  # a damaged cache is re-measured
+        log.warning("ignoring unreadable auto cache %s (%s)", cache, exc)
+        return []
+
+
+def _write_probes(cache: Path, probes: list[Probe]) -> None:
+    """Atomic write (temp file, then rename); a read-only cache dir only costs a warning."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{threading.get_ident()}")
+        tmp.write_text(json.dumps({"probes": [p.to_dict() for p in probes]}))
+        tmp.replace(cache)
+    except OSError as exc:
+        log.warning("cannot write the auto cache %s (%s)", cache, exc)
 
 
 def gate_failures(manifest_providers: Mapping[str, Any] | None) -> dict[str, str]:

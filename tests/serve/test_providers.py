@@ -169,6 +169,16 @@ def test_auto_measures_candidates_and_keeps_the_fastest(tmp_path, monkeypatch, c
     failed = pv.gate_failures({pv.OPENVINO: {"passed": False}, pv.CPU: {"passed": True}})
     sel = pv.select_session(model, config, failed=failed)
     assert sel.device == "cpu" and seen == [] and "accuracy gate" in sel.excluded["openvino"]
+    # With a cache dir the measurements are kept: the next start opens only the choice.
+    cached = pv.RuntimeConfig(device="auto", probe_max_batch=4, auto_cache_dir=str(tmp_path / "c"))
+    seen.clear()
+    first = pv.select_session(model, cached)
+    assert (first.device, first.cached, len(seen)) == ("openvino", False, 2)
+    again = pv.select_session(model, cached)
+    assert (again.device, again.cached, len(seen)) == ("openvino", True, 2)  # no new probes
+    assert again.probes == first.probes
+    model.write_bytes(build_model(seed=1))  # another file: measured again
+    assert not pv.select_session(model, cached).cached and len(seen) == 4
     # Only CPU available: nothing to measure.
     monkeypatch.setattr(pv, "auto_candidates", lambda: ["cpu"])
     sel = pv.select_session(model, config)
