@@ -2,7 +2,7 @@
 repository, with a report.
 
     tl2edge export RUN_DIR --repository REPO --name NAME [--variants fp32,int8,fp16]
-    tl2edge bench REPO/NAME-int8 [--device cpu|cuda|tensorrt|auto] [--keras RUN_DIR]
+    tl2edge bench REPO/NAME-int8 [--device cpu|openvino|cuda|tensorrt|auto] [--keras RUN_DIR]
 
 Each variant is its own model in the repository, all sharing the export's version number:
 

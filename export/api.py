@@ -175,6 +175,17 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                 raise gates.GateFailed(message)
         t_variants = time.perf_counter() - t0
 
+        from tl2edge.export import per_provider
+
+        by_provider = per_provider.measure(
+            {v: files[v] for v in ("fp32", "int8", "fp16") if v in cfg.variants},
+            quality,
+            x=val.x,
+            y=val.y,
+            keras_probs=keras_probs,
+            fp32_probs=fp32_probs,
+            cfg=cfg,
+        )
         sample_x = val.x[:8] if len(val.x) else calib_x[:8]
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         rows, moves = [], {}
@@ -195,6 +206,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                 timings=timings,
                 quantization=(quant_info or {}).get("recipe") if variant == "int8" else None,
                 created=created,
+                providers=by_provider[variant],
             )
             rows.append(
                 VariantRow(
@@ -223,6 +235,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             seconds=round(time.perf_counter() - t0, 2),
         )
         payload = _report_payload(cfg, run, result, quality, quant_info, val.x, created)
+        payload["providers"] = by_provider
         payload["timings"] = {
             "convert_s": round(t_convert, 2),
             "variants_s": round(t_variants, 2),

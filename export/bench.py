@@ -1,9 +1,8 @@
-"""ONNX Runtime sessions with an execution-provider policy, and latency/throughput measurement.
+"""Latency/throughput measurement and batched prediction on ONNX Runtime sessions.
 
-Device semantics are the server's: `cpu` runs on CPU; `cuda` / `tensorrt` fail with a clear
-message when the provider is missing or does not load; `auto` uses CUDA when it is there and
-otherwise falls back to CPU with one warning. What a session really got is read back from
-`session.get_providers()`, never assumed from what was asked.
+Sessions come from the one device policy, `tl2edge.serve.providers` (the same as the
+server's): `cpu | openvino | cuda | tensorrt` are promises checked against what the session
+really got, `auto` measures the available providers and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -17,70 +16,29 @@ from typing import Any
 
 import numpy as np
 
-from tl2edge.errors import UserError
-
 log = logging.getLogger("tl2edge.export")
 
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
-_REQUIRED = {"cuda": CUDA, "tensorrt": TENSORRT}
+
+def make_session(path: str | Path, *, device: str = "cpu", threads: int = 0, **options: Any) -> Any:
+    """A verified InferenceSession on `device`; `threads` = intra-op threads (0: ORT's
+    default); `options` are other RuntimeConfig fields (openvino_precision, ...)."""
+    return make_selection(path, device=device, threads=threads, **options).session
 
 
-def plan_providers(device: str, available: Sequence[str]) -> list[str]:
-    """Providers to ask ORT for, in priority order; UserError when an explicit GPU device is
-    not available in this onnxruntime build."""
+def make_selection(
+    path: str | Path, *, device: str = "cpu", threads: int = 0, **options: Any
+) -> Any:
+    """The session and how it was picked (`providers.Selection`: device, probes)."""
+    from tl2edge.errors import UserError
+    from tl2edge.serve.providers import DEVICES, RuntimeConfig, select_session
+
     if device not in DEVICES:
         raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if device == "cpu":
-        return [CPU]
-    if device == "auto":
-        if CUDA in available:
-            return [CUDA, CPU]
-        log.warning(
-            "--device auto: no CUDA execution provider in this onnxruntime (available: %s); "
-            "running on CPU",
-            ", ".join(available),
-        )
-        return [CPU]
-    needed = _REQUIRED[device]
-    if needed not in available:
-        raise UserError(
-            f"--device {device}: onnxruntime has no {needed} (available: {', '.join(available)}). "
-            "Install onnxruntime-gpu (pip install 'tl2edge[gpu]', then uninstall onnxruntime) "
-            "on a machine with an NVIDIA GPU, or use --device cpu"
-        )
-    return [TENSORRT, CUDA, CPU] if device == "tensorrt" else [CUDA, CPU]
-
-
-def check_providers(device: str, requested: Sequence[str], got: Sequence[str]) -> None:
-    """After creating a session: an explicit GPU device must really be in use (ORT silently
-    drops a provider whose libraries fail to load); `auto` falls back with a warning."""
-    if device in _REQUIRED and _REQUIRED[device] not in got:
-        raise UserError(
-            f"--device {device}: {_REQUIRED[device]} is installed but did not load "
-            f"(the session got {', '.join(got)}); check the CUDA/cuDNN/TensorRT libraries "
-            "and the driver, or use --device cpu"
-        )
-    dropped = [p for p in requested if p not in got]
-    if device == "auto" and dropped:
-        log.warning(
-            "--device auto: %s did not load; running on %s", ", ".join(dropped), ", ".join(got)
-        )
-
-
-def make_session(path: str | Path, *, device: str = "cpu", threads: int = 0) -> Any:
-    """An InferenceSession on `device`; `threads` = intra-op threads (0: ORT's default)."""
-    import onnxruntime as ort
-
-    providers = plan_providers(device, ort.get_available_providers())
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(0, threads)
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=providers)
-    check_providers(device, providers, session.get_providers())
-    return session
+    try:
+        config = RuntimeConfig(device=device, intra_op_threads=max(0, threads), **options)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return select_session(path, config)
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
         default="cpu",
-        help="auto | cpu | cuda | tensorrt (default %(default)s); auto falls back to CPU "
-        "with a warning, cuda/tensorrt fail when unavailable",
+        help="auto | cpu | openvino | cuda | tensorrt (default %(default)s); auto measures "
+        "the available providers and keeps the fastest, the others fail when unavailable",
     )
+    from tl2edge.serve.cli import add_openvino_arguments
+
+    add_openvino_arguments(p)
     p.add_argument(
         "--threads", type=int, default=0, help="intra-op threads, 0 = ORT default (all cores)"
     )
@@ -86,7 +89,16 @@ def run(args: argparse.Namespace) -> int:
     if args.seconds <= 0 or args.warmup < 0:
         raise UserError("--seconds must be positive and --warmup not negative")
     path = resolve_model(args.model)
-    session = bench.make_session(path, device=args.device, threads=args.threads)
+    import time
+
+    from tl2edge.serve.cli import openvino_config
+
+    t0 = time.perf_counter()
+    selection = bench.make_selection(
+        path, device=args.device, threads=args.threads, **openvino_config(args)
+    )
+    load_s = time.perf_counter() - t0
+    session = selection.session
     providers = session.get_providers()
     spec = session.get_inputs()[0]
     if (
@@ -122,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
         ]
     print(
         f"{path}  device={args.device}  providers={','.join(providers)}  threads={args.threads or 'default'}"
+        f"  load {load_s:.2f} s"
     )
+    if selection.probes:
+        print(selection.table())
     print(
         f"{'runtime':8} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9} {'n':>5}"
     )
@@ -136,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
             "model": str(path),
             "device": args.device,
             "providers": providers,
+            "selection": selection.to_dict(),
+            "load_s": round(load_s, 3),
             "threads": args.threads,
             "results": [{"runtime": r, **t.to_dict()} for r, t in rows],
         }

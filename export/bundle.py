@@ -42,6 +42,7 @@ def write_bundle(
     timings: list[bench.Timing],
     quantization: dict[str, Any] | None,
     created: str,
+    providers: dict[str, dict[str, Any]] | None = None,
 ) -> Manifest:
     """model.onnx (with metadata_props) + manifest.json in `bundle`."""
     size = run.image_size
@@ -54,6 +55,7 @@ def write_bundle(
         output=TensorSpec(onnx_step.OUTPUT_NAME, "FP32", [-1, len(run.labels)]),
         sha256="",
         quantization=quantization,
+        providers=dict(providers or {}),
         metrics={
             **quality.to_dict(),
             "reference": "keras" if variant == "fp32" else "fp32",

@@ -11,7 +11,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", help="labelled images, one sub-folder per class (names = labels)")
     p.add_argument("--out", help="write evaluation.json and confusion.png into this folder")
     p.add_argument(
-        "--device", default="cpu", help="auto | cpu | cuda | tensorrt (default %(default)s)"
+        "--device",
+        default="cpu",
+        help="auto | cpu | openvino | cuda | tensorrt, or all: every available one, side by "
+        "side with agreement with CPU (default %(default)s)",
+    )
+    from tl2edge.serve.cli import add_openvino_arguments
+
+    add_openvino_arguments(p)
+    p.add_argument(
+        "--reference",
+        metavar="MODEL",
+        help="report top-1 agreement with this model (e.g. the fp32 variant, run on CPU)",
     )
     p.add_argument(
         "--batch-size", type=int, default=32, help="images per run (default %(default)s)"
@@ -23,10 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tl2edge.export.evaluate import evaluate
+    from tl2edge.serve.cli import openvino_config
 
     result = evaluate(
         args.model, args.data_dir, out=args.out, device=args.device,
         batch_size=args.batch_size, skip_bad_images=args.skip_bad_images,
+        reference=args.reference, runtime_options=openvino_config(args),
     )  # fmt: skip
     print(f"{result.model}")
     print(result.table())

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tl2edge.export import per_provider
+
 FILES = ("report.md", "report.json", "report.png")
 
 
@@ -61,6 +63,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         f"{keras['max_abs_diff']:.2e} (gate {cfg['max_abs_diff']:g}). Accuracy-drop gate for "
         f"int8/fp16: {cfg['max_accuracy_drop']:g} point(s).\n"
         + _quantization_section(payload.get("quantization"))
+        + (per_provider.table(payload["providers"]) if payload.get("providers") else "")
         + f"\n![size and latency](report.png)\n\nExport took {payload['seconds']:.1f} s. "
         f"Serve it:\n\n    {serve}\n"
     )

@@ -98,8 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda", "tensorrt"],
-        help="execution provider (default auto: CUDA if usable, else CPU)",
+        choices=["auto", "cpu", "openvino", "cuda", "tensorrt"],
+        help="execution provider (default auto: measure each available one at load, keep "
+        "the fastest; TensorRT only when asked)",
     )
     dev.add_argument(
         "--intra-op-threads",
@@ -125,6 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="kNextPowerOfTwo",
         choices=["kNextPowerOfTwo", "kSameAsRequested"],
     )
+    add_openvino_arguments(dev)
     bat = p.add_argument_group("dynamic batching")
     bat.add_argument(
         "--max-batch-size", type=int, default=8, help="images per model run (default 8)"
@@ -179,12 +181,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_openvino_arguments(group) -> None:  # type: ignore[no-untyped-def]
+    """The OpenVINO options, shared with bench and evaluate (argparse only, no imports)."""
+    group.add_argument(
+        "--openvino-precision",
+        default="FP32",
+        choices=["FP32", "FP16", "ACCURACY"],
+        help="OpenVINO inference precision (default FP32: no bf16/fp16 down-conversion)",
+    )
+    group.add_argument(
+        "--openvino-streams", type=int, default=0, help="OpenVINO streams (default 0: its own)"
+    )
+    group.add_argument(
+        "--openvino-threads", type=int, default=0, help="OpenVINO threads (default 0: its own)"
+    )
+    group.add_argument(
+        "--openvino-cache-dir",
+        default="",
+        help="keep compiled OpenVINO models here so the next start is fast",
+    )
+    group.add_argument(
+        "--auto-cache-dir",
+        default="",
+        help="--device auto keeps its measurements per model file here; the next start "
+        "opens only the chosen provider",
+    )
+
+
+def openvino_config(args: argparse.Namespace) -> dict:
+    """RuntimeConfig keyword arguments from the OpenVINO flags."""
+    return {
+        "openvino_precision": args.openvino_precision,
+        "openvino_streams": args.openvino_streams,
+        "openvino_threads": args.openvino_threads,
+        "openvino_cache_dir": args.openvino_cache_dir,
+        "auto_cache_dir": args.auto_cache_dir,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     # Heavy imports only when serving for real.
     from tl2edge.serve.auth import read_token
     from tl2edge.serve.batching import BatchConfig
     from tl2edge.serve.connections import ConnectionConfig, address_family, host_port
-    from tl2edge.serve.errors import DeviceUnavailable
     from tl2edge.serve.repository import VersionPolicy
     from tl2edge.serve.runtime import RuntimeConfig
     from tl2edge.serve.server import ServeConfig
@@ -198,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
             cuda_device_id=args.cuda_device_id,
             cuda_mem_limit_mb=args.cuda_mem_limit_mb,
             cuda_arena_extend_strategy=args.cuda_arena_extend_strategy,
+            probe_max_batch=max(1, args.max_batch_size),
+            **openvino_config(args),
         )
         config = ServeConfig(
             batching=BatchConfig(args.max_batch_size, args.max_batch_delay_ms, args.instances),
@@ -223,10 +264,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning("--reload-interval-s watches the --model path for new or changed versions")
     address_family(args.host, args.port, flag="--host")  # one clear line, before grpc's own
     address = host_port(args.host, args.port)
-    try:
-        return asyncio.run(serve(address, args.repository or args.model, config, runtime))
-    except DeviceUnavailable as exc:
-        raise UserError(str(exc)) from exc
+    # A missing device raises DeviceUnavailable, a UserError: `error: ...`, exit 2.
+    return asyncio.run(serve(address, args.repository or args.model, config, runtime))
 
 
 async def serve(address: str, source: Path, config, runtime) -> int:  # type: ignore[no-untyped-def]

@@ -51,10 +51,6 @@ class DeadlineExceeded(ServeError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class DeviceUnavailable(RuntimeError):
-    """The requested execution provider cannot be used (start-up error, not per request)."""
-
-
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a client gets for `exc`."""
     if isinstance(exc, ServeError):

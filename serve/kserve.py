@@ -22,6 +22,7 @@ from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc
 from tl2edge._proto import model_config_pb2 as mc
 from tl2edge.serve.dataplane import DataPlane, top_k
 from tl2edge.serve.errors import InvalidInput, ServeError, rpc_errors, stream_error_text
+from tl2edge.serve.providers import CUDA, TENSORRT, selection_parameters
 from tl2edge.serve.repository import LoadedModel
 
 PLATFORM = "onnxruntime_onnx"
@@ -243,7 +244,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context):
         model = self.plane.repository.get(request.name, request.version)
         batching = self.plane.repository.batching
-        gpu = any(p != "CPUExecutionProvider" for p in model.providers)
+        gpu = any(p in (CUDA, TENSORRT) for p in model.providers)
         config = mc.ModelConfig(
             name=model.name,
             platform=PLATFORM,
@@ -278,6 +279,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             "labels": json.dumps(model.labels),
             "providers": ",".join(model.providers),
             "preprocessing": model.manifest.preprocessing,
+            **selection_parameters(model.selection),
         }
         for key, value in params.items():
             config.parameters[key].string_value = value

@@ -54,6 +54,15 @@ class Metrics:
             "tl2edge_model_loaded", "Loaded model versions and the execution providers they use",
             ["model", "version", "variant", "providers"], registry=r,
         )  # fmt: skip
+        self.model_device = Gauge(
+            "tl2edge_model_device", "Device each model version runs on (requested: what "
+            "--device said; auto measured the others)", ["model", "version", "device", "requested"],
+            registry=r,
+        )  # fmt: skip
+        self.auto_probe_ms = Gauge(
+            "tl2edge_auto_probe_ms", "What --device auto measured at load: ms per run",
+            ["model", "version", "device", "batch"], registry=r,
+        )  # fmt: skip
         self._http: MetricsServer | None = None
 
     def serve(self, host: str, port: int, **security: Any) -> int:

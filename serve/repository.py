@@ -26,7 +26,8 @@ from tl2edge.errors import UserError
 from tl2edge.serve.batching import BatchConfig, Batcher
 from tl2edge.serve.errors import ModelNotFound
 from tl2edge.serve.metrics import ModelStats
-from tl2edge.serve.runtime import ProviderCheck, RuntimeConfig, create_session, warm_up
+from tl2edge.serve.providers import gate_failures
+from tl2edge.serve.runtime import RuntimeConfig, Selection, create_session, warm_up
 
 log = logging.getLogger("tl2edge.serve.repository")
 
@@ -79,6 +80,7 @@ class LoadedModel:
     batcher: Batcher
     fingerprint: tuple[int, ...]
     stats: ModelStats = field(default_factory=ModelStats)
+    selection: Selection | None = None  # the device and, for `auto`, what was measured
 
     @property
     def name(self) -> str:
@@ -143,14 +145,18 @@ def _manifest_for_file(path: Path, session: ort.InferenceSession) -> mf.Manifest
     )
 
 
-def load_version(path: Path, runtime: RuntimeConfig, check: ProviderCheck) -> tuple:
-    """(manifest, session, input dtype, fingerprint) for a version folder or an .onnx file."""
+def load_version(path: Path, runtime: RuntimeConfig) -> tuple:
+    """(manifest, session, input dtype, fingerprint, selection) for a version folder or an
+    .onnx file."""
     fingerprint = _fingerprint(path)
     if path.is_dir():
         manifest = mf.read_manifest(path)
-        session = create_session(path / manifest.model_file, runtime, check)
+        failed = gate_failures(manifest.providers)
+        selection = create_session(path / manifest.model_file, runtime, failed=failed)
+        session = selection.session
     else:
-        session = create_session(path, runtime, check)
+        selection = create_session(path, runtime)
+        session = selection.session
         manifest = _manifest_for_file(path, session)
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
@@ -164,7 +170,7 @@ def load_version(path: Path, runtime: RuntimeConfig, check: ProviderCheck) -> tu
         raise UserError(f"{path}: input type {inputs[manifest.input.name].type} is not uint8/float")
     h, w = manifest.image_size
     warm_up(session, manifest.input.name, (1, h, w, 3), dtype)
-    return manifest, session, dtype, fingerprint
+    return manifest, session, dtype, fingerprint, selection
 
 
 class ModelRepository:
@@ -186,7 +192,6 @@ class ModelRepository:
         self.models: dict[str, dict[int, LoadedModel]] = {}
         self.observers: list[Callable[[LoadedModel, int, list[float], float], None]] = []
         self._on_change = on_change
-        self._check = ProviderCheck(self.runtime)
         self._failed: dict[Path, tuple[int, ...]] = {}
         self.enabled: set[str] | None = None  # model control: only these names (None: all)
         if not self.source.exists():
@@ -300,8 +305,8 @@ class ModelRepository:
         return changes
 
     async def _load(self, name: str, version: int, path: Path) -> LoadedModel:
-        manifest, session, dtype, fingerprint = await asyncio.to_thread(
-            load_version, path, self.runtime, self._check
+        manifest, session, dtype, fingerprint, selection = await asyncio.to_thread(
+            load_version, path, self.runtime
         )
         if (manifest.name, manifest.version) != (name, version) and path.is_dir():
             raise UserError(
@@ -330,6 +335,7 @@ class ModelRepository:
             batcher=batcher,
             fingerprint=fingerprint,
             stats=stats,
+            selection=selection,
         )
         holder.append(model)
         log.info(
@@ -339,6 +345,7 @@ class ModelRepository:
                 "version": version,
                 "variant": manifest.variant,
                 "providers": ",".join(model.providers),
+                "device": selection.device,
                 "path": str(path),
             },
         )

@@ -36,6 +36,7 @@ from tl2edge.serve.health import DrainingHealthServicer
 from tl2edge.serve.kserve import KServeServicer
 from tl2edge.serve.metrics import Metrics
 from tl2edge.serve.modelcontrol import MODES, ModelControl
+from tl2edge.serve.providers import publish_selections
 from tl2edge.serve.reflection import enable_reflection
 from tl2edge.serve.repository import ModelRepository, VersionPolicy
 from tl2edge.serve.runtime import RuntimeConfig
@@ -224,6 +225,7 @@ class Server:
         gauge.clear()
         for m in repo.all():
             gauge.labels(m.name, str(m.version), m.manifest.variant, ",".join(m.providers)).set(1)
+        publish_selections(self.plane.metrics, repo.all())
 
     async def _reload_forever(self) -> None:
         while True:

@@ -55,6 +55,10 @@ class Manifest:
     model_file: str = MODEL_FILE
     quantization: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Per execution provider (e.g. "OpenVINOExecutionProvider"): accuracy, agreement with
+    # the reference, latency and whether the accuracy gate passed there ("passed"). Absent
+    # in manifests written before it existed; `auto` never picks a provider with passed=False.
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
     created: str = ""
@@ -88,6 +92,7 @@ class Manifest:
                 model_file=str(d.get("model_file", MODEL_FILE)),
                 quantization=d.get("quantization"),
                 metrics=dict(d.get("metrics", {})),
+                providers={str(k): dict(v) for k, v in dict(d.get("providers", {})).items()},
                 source=dict(d.get("source", {})),
                 tools=dict(d.get("tools", {})),
                 created=str(d.get("created", "")),

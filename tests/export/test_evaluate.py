@@ -60,3 +60,31 @@ def test_bad_inputs_exit_2_with_a_reason(exported, run_dir, tmp_path, capsys):
     assert "1 unreadable image(s) skipped" in capsys.readouterr().out
     assert main(["evaluate", str(tmp_path / "missing.onnx"), str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_every_available_provider_with_agreement_against_fp32(
+    exported, run_dir, tmp_path, capsys, spec
+):
+    from tl2edge.export.bench import make_session, predict
+    from tl2edge.images import decode_rgb, scan_image_folder
+    from tl2edge.serve.providers import CPU, auto_candidates
+
+    fp32, int8 = exported.row("fp32").path, exported.row("int8").path
+    same = evaluate(fp32, _data_dir(run_dir), device="all", reference=fp32)
+    assert same.providers[CPU]["agreement"] == 1.0 and same.providers[CPU]["max_abs_diff"] == 0
+    assert len(same.providers) == len(auto_candidates())  # one row per available provider
+    out = tmp_path / "eval"
+    code = main(
+        ["evaluate", str(int8), _data_dir(run_dir), "--device", "all", "--reference", str(fp32),
+         "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    assert "agreement: top-1 agreement with" in capsys.readouterr().out
+    record = json.loads((out / "evaluation.json").read_text())["providers"][CPU]
+    folder = scan_image_folder(_data_dir(run_dir), what="data", min_classes=1)
+    x = np.stack([decode_rgb(p, (spec.size, spec.size)) for p, _ in folder.files])
+    expect = (
+        predict(make_session(fp32 / "model.onnx"), x).argmax(1)
+        == predict(make_session(int8 / "model.onnx"), x).argmax(1)
+    ).mean()
+    assert record["agreement"] == expect and record["device"] == "cpu"

@@ -177,7 +177,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     assert '"msg": "draining"' in log and '"msg": "stopped"' in log
 
 
-def test_device_cuda_fails_clearly_and_auto_warns(tmp_path, repo):
+def test_device_cuda_fails_clearly(tmp_path, repo):
     proc = subprocess.run(
         [
             sys.executable,
@@ -199,8 +199,8 @@ def test_device_cuda_fails_clearly_and_auto_warns(tmp_path, repo):
         text=True,
         timeout=60,
     )
-    assert proc.returncode != 0
-    assert "--device cuda needs CUDAExecutionProvider" in proc.stderr
+    assert proc.returncode == 2
+    assert "error: --device cuda: " in proc.stderr and "no CUDAExecutionProvider" in proc.stderr
     assert "onnxruntime-gpu" in proc.stderr and "Traceback" not in proc.stderr
 
 
