@@ -20,6 +20,7 @@ from tl2edge import __version__
 from tl2edge._proto import grpc_service_pb2 as pb
 from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc
 from tl2edge._proto import model_config_pb2 as mc
+from tl2edge.serve.aliases import alias_parameters
 from tl2edge.serve.dataplane import DataPlane, top_k
 from tl2edge.serve.errors import InvalidInput, ServeError, rpc_errors, stream_error_text
 from tl2edge.serve.repository import LoadedModel
@@ -270,6 +271,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             ),
         )
         params = {
+            **alias_parameters(self.plane.repository, request.name, model.name),
             "version": str(model.version),
             "variant": model.manifest.variant,
             "labels": json.dumps(model.labels),

@@ -186,7 +186,7 @@ class Server:
         await self.health.set("", status)
         for service in (KSERVE_SERVICE, CLASSIFIER_SERVICE):
             await self.health.set(service, status)
-        for name in self.repository.models:
+        for name in self.repository.served_names():
             await self.health.set(name, status)
 
     def _publish_models(self, repo: ModelRepository) -> None:
@@ -196,7 +196,7 @@ class Server:
             gauge.labels(m.name, str(m.version), m.manifest.variant, ",".join(m.providers)).set(1)
 
     async def _reload_forever(self) -> None:
-        known = set(self.repository.models)
+        known = self.repository.served_names()
         while True:
             await asyncio.sleep(self.config.reload_interval_s)
             try:
@@ -207,7 +207,7 @@ class Server:
             if not changes:
                 continue
             self._publish_models(self.repository)
-            current = set(self.repository.models)
+            current = self.repository.served_names()
             status = NOT_SERVING if self.plane.draining else SERVING
             for name in current:
                 await self.health.set(name, status)
