@@ -117,6 +117,8 @@ def test_server_answers_to_the_plain_name_on_every_api(tmp_path):
         assert infos["mine"].resolves_to == "mine-int8" and infos["mine"].variant == "int8"
         assert infos["mine-int8"].resolves_to == "" and infos["mine-fp32"].resolves_to == ""
         assert c.health("mine") == "SERVING"
+        assert infos["mine"].is_default  # one export, nothing else: its plain name
+        assert c.classify([pixels[0]]) == c.classify([pixels[0]], model="mine-int8")
         with grpc.insecure_channel(s.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="mine"))
