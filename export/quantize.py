@@ -182,8 +182,12 @@ def quantize_int8(
     recipe: QuantRecipe,
     *,
     cache_dir: str | Path,
+    keep_float: list[str] | None = None,
 ) -> None:
-    """Write the QDQ int8 model of `prepared` (output of `preprocess`) to `dst`."""
+    """Write the QDQ int8 model of `prepared` (output of `preprocess`) to `dst`.
+
+    `keep_float`: names of nodes to leave unquantized; default `float_head(prepared)`
+    (benchmarks pass [] to measure the fully quantized graph)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -207,7 +211,7 @@ def quantize_int8(
         extra["CalibPercentile"] = recipe.percentile
     # Ranges depend on the calibration method (and symmetry), not on the rest of the recipe.
     cache = Path(cache_dir) / f"calibration-{recipe.calibration}-{recipe.activations}.json"
-    head = float_head(prepared)
+    head = float_head(prepared) if keep_float is None else keep_float
     # ORT prints calibration progress on stdout; keep stdout for the command's own output.
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
