@@ -286,11 +286,12 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request, context):
         repo = self.plane.repository
         if request.name:
-            versions = repo.models.get(request.name)
+            name = repo.resolve(request.name)  # a plain export name: its variant's statistics
+            versions = repo.models.get(name)
             if not versions:
-                repo.get(request.name)  # raises NOT_FOUND with the known names
+                repo.get(name)  # raises NOT_FOUND with the known names
             models = (
-                [repo.get(request.name, request.version)]
+                [repo.get(name, request.version)]
                 if request.version
                 else list(
                     versions.values()  # type: ignore[union-attr]

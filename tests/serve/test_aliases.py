@@ -130,6 +130,10 @@ def test_server_answers_to_the_plain_name_on_every_api(tmp_path):
             assert direct["aliases"].string_value == "mine" and "resolved_from" not in direct
             fp32 = stub.ModelConfig(pb.ModelConfigRequest(name="mine-fp32")).config.parameters
             assert fp32["aliases"].string_value == ""
+            stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mine")).model_stats
+            assert [(m.name, m.inference_count) for m in stats] == [
+                ("mine-int8", 5)
+            ]  # 2+1+1+1 images
 
 
 def test_plain_name_is_not_found_when_no_variant_passed(tmp_path):
