@@ -29,17 +29,24 @@ RUN if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 
 # its own venv and installs into /opt/venv from outside, so the runtime venv has no pip,
 # no setuptools and no caches.
 FROM base AS deps
-# cpu: onnxruntime; gpu: onnxruntime-gpu. Releases 1.19 to 1.2x on PyPI are built for
-# CUDA 12.x + cuDNN 9.x; the CUDA base image must match (docs/operations.md).
+# cpu: onnxruntime and, with OPENVINO=1 (the default), the OpenVINO execution provider
+# plugin (the `openvino` extra, ~160 MB); gpu: onnxruntime-gpu. Releases 1.19 to 1.2x on
+# PyPI are built for CUDA 12.x + cuDNN 9.x; the CUDA base image must match
+# (docs/operations.md).
 ARG VARIANT=cpu
+ARG OPENVINO=1
 ARG ORT_GPU_REQUIREMENT="onnxruntime-gpu>=1.20,<1.24"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/pip && python3 -m venv --without-pip /opt/venv
 COPY pyproject.toml /src/pyproject.toml
 RUN set -e; \
     case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 2;; esac; \
-    python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > /tmp/requirements.txt; \
+    case "$OPENVINO" in 0|1) ;; *) echo "OPENVINO must be 0 or 1, not '$OPENVINO'" >&2; exit 2;; esac; \
+    extras="serve"; \
+    if [ "$VARIANT" = cpu ] && [ "$OPENVINO" = 1 ]; then extras="serve openvino"; fi; \
+    python3 -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" \
+        $extras > /tmp/requirements.txt; \
     if [ "$VARIANT" = gpu ]; then \
         sed -i '/^onnxruntime/d' /tmp/requirements.txt; \
         echo "$ORT_GPU_REQUIREMENT" >> /tmp/requirements.txt; \
@@ -55,7 +62,7 @@ COPY tl2edge /src/tl2edge
 COPY serve /src/serve
 COPY train /src/train
 COPY export /src/export
-COPY deploy/container/entrypoint.py /src/deploy/container/entrypoint.py
+COPY deploy/container/entrypoint.py deploy/container/check_openvino.py /src/deploy/container/
 # --prefix keeps just tl2edge's files (package, dist-info, the `tl2edge` script with
 # /opt/venv/bin/python as interpreter) in /opt/overlay, laid out like the venv.
 RUN /opt/pip/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
@@ -64,7 +71,8 @@ RUN /opt/pip/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
     && install -D -m 0755 /src/deploy/container/entrypoint.py /opt/overlay/bin/tl2edge-entrypoint \
     && sed -i '1s|.*|#!/opt/venv/bin/python|' /opt/overlay/bin/tl2edge-entrypoint \
     && cp -a /opt/overlay/. /opt/venv/ \
-    && /opt/venv/bin/python -c "import tl2edge.serve.cli, onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+    && /opt/venv/bin/python -c "import tl2edge.serve.cli, onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" \
+    && /opt/venv/bin/python /src/deploy/container/check_openvino.py
 
 # ---- runtime --------------------------------------------------------------------------
 FROM base AS runtime

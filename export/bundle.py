@@ -61,6 +61,16 @@ def write_bundle(
             "reference": "keras" if variant == "fp32" else "fp32",
             "opset": cfg.opset,
             "latency_cpu": [t.to_dict() for t in timings],
+            # Only variants that pass are written; serving reads this via Manifest.passed_gate.
+            "accuracy_gate": {
+                "passed": True,
+                "provider": "CPUExecutionProvider",
+                **(
+                    {"max_abs_diff_vs_keras": cfg.max_abs_diff}
+                    if variant == "fp32"
+                    else {"max_accuracy_drop": cfg.max_accuracy_drop}
+                ),
+            },
         },
         source={
             "run_dir": str(run.path.resolve()),

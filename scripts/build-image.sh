@@ -10,6 +10,8 @@
 #                scripts/container-base.sh prepares (and caches) on first use
 #   VARIANT      cpu (default) or gpu; gpu needs BASE_IMAGE set to a CUDA 12 + cuDNN 9
 #                runtime image, e.g. nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+#   OPENVINO     1 (default) or 0: the CPU image with or without the OpenVINO execution
+#                provider plugin (onnxruntime-ep-openvino, ~160 MB)
 #   MODEL_REPO   a model repository under bundle/ to bake into the image
 #   CONTEXT      build context (default: this checkout), e.g. a copy with bundle/ in it
 #
@@ -38,6 +40,7 @@ fi
 
 args=(--build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=${VARIANT:-cpu}")
 [[ -n "${MODEL_REPO:-}" ]] && args+=(--build-arg "MODEL_REPO=$MODEL_REPO")
+[[ -n "${OPENVINO:-}" ]] && args+=(--build-arg "OPENVINO=$OPENVINO")
 
 # docker format: the OCI format has no HEALTHCHECK and buildah would drop ours.
 echo "build-image: buildah bud -> $tag (base $base)" >&2

@@ -120,6 +120,10 @@ class DataPlane:
         names = sorted(self.repository.models)
         if len(names) == 1:
             return names[0]
+        # One export's variants and nothing else: its plain name (serve.aliases) is the default.
+        exports = [a for a in self.repository.aliases.values() if a.target]
+        if len(exports) == 1 and {c.model for c in exports[0].candidates} == set(names):
+            return exports[0].name
         raise InvalidInput(
             f"this server has {len(names)} models ({', '.join(names)}); name one in the request "
             f"(or start the server with --default-model)"

@@ -20,6 +20,7 @@ from tl2edge import __version__
 from tl2edge._proto import grpc_service_pb2 as pb
 from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc
 from tl2edge._proto import model_config_pb2 as mc
+from tl2edge.serve.aliases import alias_parameters
 from tl2edge.serve.dataplane import DataPlane, top_k
 from tl2edge.serve.errors import InvalidInput, ServeError, rpc_errors, stream_error_text
 from tl2edge.serve.providers import CUDA, TENSORRT, selection_parameters
@@ -274,6 +275,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             ),
         )
         params = {
+            **alias_parameters(self.plane.repository, request.name, model.name),
             "version": str(model.version),
             "variant": model.manifest.variant,
             "labels": json.dumps(model.labels),
@@ -289,11 +291,12 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request, context):
         repo = self.plane.repository
         if request.name:
-            versions = repo.models.get(request.name)
+            name = repo.resolve(request.name)  # a plain export name: its variant's statistics
+            versions = repo.models.get(name)
             if not versions:
-                repo.get(request.name)  # raises NOT_FOUND with the known names
+                repo.get(name)  # raises NOT_FOUND with the known names
             models = (
-                [repo.get(request.name, request.version)]
+                [repo.get(name, request.version)]
                 if request.version
                 else list(
                     versions.values()  # type: ignore[union-attr]

@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from tl2edge import manifest as mf
 from tl2edge.errors import UserError
+from tl2edge.serve.aliases import Alias, resolve_aliases
 from tl2edge.serve.batching import BatchConfig, Batcher
 from tl2edge.serve.errors import ModelNotFound
 from tl2edge.serve.metrics import ModelStats
@@ -81,6 +82,9 @@ class LoadedModel:
     fingerprint: tuple[int, ...]
     stats: ModelStats = field(default_factory=ModelStats)
     selection: Selection | None = None  # the device and, for `auto`, what was measured
+    # Batch-1 latency measured on this session at load (the `--device auto` probe of the
+    # chosen provider); ranks the variants behind a plain export name (serve.aliases).
+    measured_latency_ms: float | None = None
 
     @property
     def name(self) -> str:
@@ -101,6 +105,11 @@ class LoadedModel:
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
+
+    @property
+    def provider(self) -> str:
+        """The provider the session runs on (the first it got; CPU is only the fallback)."""
+        return self.providers[0]
 
     def __str__(self) -> str:
         return f"{self.manifest} on {','.join(self.providers)}"
@@ -190,6 +199,7 @@ class ModelRepository:
         self.policy = policy or VersionPolicy()
         self.batching = batching or BatchConfig()
         self.models: dict[str, dict[int, LoadedModel]] = {}
+        self.aliases: dict[str, Alias] = {}  # plain export name -> variant model (serve.aliases)
         self.observers: list[Callable[[LoadedModel, int, list[float], float], None]] = []
         self._on_change = on_change
         self._failed: dict[Path, tuple[int, ...]] = {}
@@ -248,6 +258,7 @@ class ModelRepository:
             )
         for (name, version), path in sorted(wanted.items()):
             self._add(await self._load(name, version, path))
+        self.update_aliases()
 
     async def refresh(self) -> list[str]:
         """Load new or replaced versions, retire removed ones; returns what changed.
@@ -300,6 +311,7 @@ class ModelRepository:
                     asyncio.get_running_loop().create_task(self._retire(old))
         if changes:
             log.info("model repository changed", extra={"changes": "; ".join(changes)})
+            self.update_aliases()
             if self._on_change:
                 self._on_change(self)
         return changes
@@ -336,6 +348,9 @@ class ModelRepository:
             fingerprint=fingerprint,
             stats=stats,
             selection=selection,
+            measured_latency_ms=next(
+                (p.batch1_ms for p in selection.probes if p.device == selection.device), None
+            ),
         )
         holder.append(model)
         log.info(
@@ -386,6 +401,7 @@ class ModelRepository:
         self.models[name] = {m.version: m for m in loaded}
         for model in old.values():
             asyncio.get_running_loop().create_task(self._retire(model))
+        self.update_aliases()
         log.info("model loaded on request", extra={"model": name, "versions": sorted(wanted)})
         return loaded
 
@@ -395,13 +411,43 @@ class ModelRepository:
             self.enabled.discard(name)
         for model in self.models.pop(name, {}).values():
             asyncio.get_running_loop().create_task(self._retire(model))
+        self.update_aliases()
         log.info("model unloaded on request", extra={"model": name})
 
+    def update_aliases(self) -> None:
+        """Re-rank the variants behind each plain export name (after any load or unload)."""
+        old = {a.name: a.target for a in self.aliases.values()}
+        self.aliases = resolve_aliases(self.models)
+        for alias in self.aliases.values():
+            if old.get(alias.name, "") != alias.target:
+                log.info(
+                    "plain model name resolved",
+                    extra={
+                        "model": alias.name,
+                        "resolves_to": alias.target,
+                        "reason": alias.reason,
+                    },
+                )
+
     # -- lookup -------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        """The model name that serves `name`: itself, or the variant a plain export name
+        resolves to (ModelNotFound, with each variant's reason, when none qualifies)."""
+        alias = self.aliases.get(name)
+        if name in self.models or alias is None:
+            return name
+        if alias.target is None:
+            raise ModelNotFound(
+                f"model {name!r} has no variant to serve: {alias.reason}; ask for a variant by "
+                f"its full name, or re-export with a passing variant"
+            )
+        return alias.target
+
     def get(self, name: str, version: str | int = "") -> LoadedModel:
+        name = self.resolve(name)
         versions = self.models.get(name)
         if not versions:
-            known = ", ".join(sorted(self.models)) or "none"
+            known = ", ".join(sorted([*self.models, *self.aliases])) or "none"
             raise ModelNotFound(f"model {name!r} is not served here; models: {known}")
         if version in ("", None, 0):
             return versions[max(versions)]
@@ -414,6 +460,10 @@ class ModelRepository:
                 f"model {name!r} has no version {v} loaded; loaded: {', '.join(map(str, versions))}"
             )
         return versions[v]
+
+    def served_names(self) -> set[str]:
+        """Every name a request may use: the models and the plain names that resolve."""
+        return {*self.models, *(a.name for a in self.aliases.values() if a.target)}
 
     def all(self) -> list[LoadedModel]:
         return [m for versions in self.models.values() for m in versions.values()]

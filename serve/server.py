@@ -166,7 +166,7 @@ class Server:
             self.plane.metrics.close()
             raise
         self._publish_models(self.repository)
-        self._known_models = set(self.repository.models)
+        self._known_models = self.repository.served_names()
         self.plane.ready = True
         self.plane.metrics.ready.set(1)
         await self._set_health(SERVING)
@@ -217,7 +217,7 @@ class Server:
         await self.health.set("", status)
         for service in (KSERVE_SERVICE, CLASSIFIER_SERVICE):
             await self.health.set(service, status)
-        for name in self.repository.models:
+        for name in self.repository.served_names():
             await self.health.set(name, status)
 
     def _publish_models(self, repo: ModelRepository) -> None:
@@ -241,7 +241,7 @@ class Server:
     async def _models_changed(self) -> None:
         """After a reload, load or unload: metrics and per-model health follow the models."""
         self._publish_models(self.repository)
-        current = set(self.repository.models)
+        current = self.repository.served_names()
         status = NOT_SERVING if self.plane.draining else SERVING
         for name in current:
             await self.health.set(name, status)

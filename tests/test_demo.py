@@ -39,6 +39,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert "VGG16 from the shipped source backbone" in text and "transfer gain" in text
     assert "| int8 | shapes-int8/1 |" in text and "int8 on the held-out test set" in text
     assert (out / "evaluation-int8" / "confusion.png").is_file()
+    assert "'shapes' resolves to shapes-int8" in text
     assert "KServe v2 ModelInfer" in text and "server stopped with exit code 0" in text
     for run in ("transfer", "scratch"):
         assert (out / "runs" / run / "model.keras").is_file()

@@ -47,6 +47,7 @@ class ModelInfo(NamedTuple):
     image_size: tuple[int, int]
     providers: list[str]
     is_default: bool
+    resolves_to: str = ""  # a plain export name: the variant model it serves now
 
 
 # The health protocol is two one-field messages; encoding them here keeps the client free
@@ -221,6 +222,7 @@ class Client:
                 (m.height, m.width),
                 list(m.providers),
                 m.is_default,
+                m.resolves_to,
             )
             for m in response.models
         ]

@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print()
     if not args.skip_serve:
-        _serve_and_classify(repo, exported.row("int8").model_name, test)
+        _serve_and_classify(repo, exported.name, test)  # the plain name: the best variant
     log.info("demo finished in %.0f s", time.perf_counter() - t_start)
     return 0
 
@@ -209,7 +209,8 @@ def _serve_and_classify(repo: Path, model: str, test_dir: Path, per_class: int =
         with Client(f"127.0.0.1:{port}", timeout=30) as client:
             client.wait_until_serving(timeout=60)
             print(
-                f"server SERVING after {time.perf_counter() - t:.1f} s (start-up and warm-up included)"
+                f"server SERVING after {time.perf_counter() - t:.1f} s (start-up and warm-up included); "
+                f"{model!r} resolves to {_model_info(client, model).resolves_to or model}"
             )
             folder = scan_image_folder(test_dir)
             picks = [
@@ -243,5 +244,9 @@ def _serve_and_classify(repo: Path, model: str, test_dir: Path, per_class: int =
     print(f"server stopped with exit code {code} after SIGTERM (drained)")
 
 
+def _model_info(client, model: str):  # type: ignore[no-untyped-def]
+    return next(m for m in client.models() if m.name == model)
+
+
 def _model_size(client, model: str) -> tuple[int, int]:
-    return next(m.image_size for m in client.models() if m.name == model)
+    return _model_info(client, model).image_size

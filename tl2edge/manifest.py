@@ -107,6 +107,22 @@ class Manifest:
             )
         return m
 
+    def gate_record(self, provider: str | None = None) -> dict[str, Any] | None:
+        """The accuracy-gate record that applies on `provider`: `metrics.providers[provider]`
+        when the export measured that provider, else `metrics.accuracy_gate` (measured on the
+        CPU provider); None for a manifest that records neither (exports before gate
+        records only wrote variants that passed)."""
+        per_provider = self.metrics.get("providers", {})
+        record = per_provider.get(provider) if isinstance(per_provider, dict) and provider else None
+        if isinstance(record, dict) and "passed" in record:
+            return record
+        record = self.metrics.get("accuracy_gate")
+        return record if isinstance(record, dict) else None
+
+    def passed_gate(self, provider: str | None = None) -> bool:
+        record = self.gate_record(provider)
+        return record is None or bool(record.get("passed", True))
+
     def __str__(self) -> str:
         h, w = self.image_size
         return f"{self.name} v{self.version} ({self.variant}, {len(self.labels)} classes, {h}x{w})"

@@ -40,7 +40,7 @@ from tl2edge import manifest as mf  # noqa: E402
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TAG = "localhost/tl2edge:test"
-SIZE_TARGET_MB = 450
+SIZE_TARGET_MB = 560  # with the OpenVINO execution provider plugin (~160 MB)
 UID = 10001
 MODEL = "tiny-int8"
 
@@ -264,6 +264,21 @@ def test_runtime_has_serving_only(container):
     assert "No module named 'tensorflow'" in proc.stderr, proc.stdout + proc.stderr
     proc = inside(container, "sh", "-c", "ls -A /root/.cache /opt/venv/bin 2>/dev/null | grep pip")
     assert proc.returncode == 1, f"pip or its cache is in the image: {proc.stdout}"
+
+
+def test_openvino_plugin_registers_with_onnxruntime(container):
+    """The CPU image carries the OpenVINO EP plugin and this onnxruntime loads it (the devices
+    it offers depend on the machine: none on a non-Intel CPU with plugin 1.8.x)."""
+    probe = (
+        "import onnxruntime as ort, onnxruntime_ep_openvino as p\n"
+        "ort.register_execution_provider_library(p.get_ep_name(), p.get_library_path())\n"
+        "print(p.get_ep_name(), [str(d.device.type) for d in ort.get_ep_devices()"
+        " if d.ep_name == p.get_ep_name()])\n"
+    )
+    proc = inside(container, "python", "-c", probe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(f"\nin the image: {proc.stdout.strip()}")
+    assert proc.stdout.startswith("OpenVINOExecutionProvider ")
 
 
 def test_cli_runs_in_the_image(container):

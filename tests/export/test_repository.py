@@ -55,6 +55,7 @@ def test_manifest_schema_reads_back(exported, spec):
         )
         assert m.metrics["accuracy"] == row.accuracy and m.metrics["agreement"] == row.agreement
         assert {t["batch_size"] for t in m.metrics["latency_cpu"]} == {1, 8}
+        assert m.metrics["accuracy_gate"]["passed"] and m.passed_gate("CPUExecutionProvider")
         assert set(m.tools) >= {"onnx", "onnxruntime", "tf2onnx", "tl2edge"}
         assert m.source["model_sha256"] and m.created.endswith("Z")
         assert (m.quantization is not None) == (row.variant == "int8")

@@ -57,6 +57,12 @@ def test_int8_agrees_with_fp32_and_keeps_the_contract(exported, pixels, spec):
     assert int8.dtype == np.float32 and int8.shape == (16, len(spec.labels))
     assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.8
     assert np.abs(int8 - fp32).max() <= 0.1
+    np.testing.assert_allclose(int8.sum(axis=1), 1.0, atol=1e-5)  # float Softmax, no Q/DQ
+    graph = onnx.load(str(exported.row("int8").path / "model.onnx")).graph
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    consumers = [n.op_type for n in graph.node if softmax.output[0] in n.input]
+    producer = next(n for n in graph.node if softmax.input[0] in n.output)
+    assert consumers == [] and producer.op_type in ("Gemm", "Add", "MatMul")
     row = exported.row("int8")
     assert row.agreement >= 0.8 and row.max_abs_diff <= 0.1
     assert row.size_bytes <= 0.3 * exported.row("fp32").size_bytes

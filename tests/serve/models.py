@@ -71,6 +71,7 @@ def write_version(
     seed: int = 0,
     work: int = 0,
     corrupt: bool = False,
+    metrics: dict | None = None,
 ) -> Path:
     """REPO/name/version/{model.onnx, manifest.json}, written atomically (temp + rename)."""
     labels = labels or LABELS
@@ -87,6 +88,7 @@ def write_version(
         input=mf.TensorSpec("image", "UINT8", [-1, size, size, 3]),
         output=mf.TensorSpec("probs", "FP32", [-1, len(labels)]),
         sha256="0" * 64 if corrupt else mf.sha256_file(tmp / mf.MODEL_FILE),
+        metrics=metrics or {},
     )
     (tmp / mf.MANIFEST).write_text(json.dumps(manifest.to_dict()))
     tmp.rename(final)

@@ -105,6 +105,7 @@ def test_official_tritonclient_against_the_server(server, repo, tmp_path):
             "tiny-int8",
             str(tmp_path / "pixels.npy"),
             str(tmp_path / "ours.bin"),
+            "tiny",  # the plain export name of tiny-int8
         ],
         capture_output=True,
         text=True,
@@ -127,3 +128,9 @@ def test_official_tritonclient_against_the_server(server, repo, tmp_path):
         assert [r.split(":")[1:] for r in row] == [[str(i), LABELS[i]] for i in best]
         assert float(row[0].split(":")[0]) == pytest.approx(probs[best[0]], abs=1e-5)
     assert out["statistics"]["model_stats"][0]["inference_count"] == "6"
+    plain = out["plain"]
+    assert plain["model_ready"] and plain["model_metadata"]["name"] == "tiny-int8"
+    params = plain["model_config"]["config"]["parameters"]
+    assert params["resolved_from"]["string_value"] == "tiny"
+    assert params["variant"]["string_value"] == "int8"
+    np.testing.assert_allclose(np.array(plain["probs"], np.float32), expected, rtol=1e-6)

@@ -1,6 +1,7 @@
 """Runs inside the tritonclient virtualenv (see test_tritonclient.py); prints JSON results.
 
-argv: ADDRESS MODEL PIXELS.npy OUR_DESCRIPTORS.bin
+argv: ADDRESS MODEL PIXELS.npy OUR_DESCRIPTORS.bin [PLAIN_NAME]
+PLAIN_NAME: an export's plain name that the server resolves to a variant model.
 """
 
 import json
@@ -31,6 +32,14 @@ classified = client.infer(
 )
 out["classification"] = [[b.decode() for b in row] for row in classified.as_numpy("probs")]
 out["statistics"] = client.get_inference_statistics(model, as_json=True)
+if len(sys.argv) > 5:
+    plain = sys.argv[5]
+    out["plain"] = {
+        "model_ready": client.is_model_ready(plain),
+        "model_metadata": client.get_model_metadata(plain, as_json=True),
+        "model_config": client.get_model_config(plain, as_json=True),
+        "probs": client.infer(plain, [inp]).as_numpy("probs").tolist(),
+    }
 
 # Wire compatibility: every field we define has tritonclient's number, type and label.
 with open(descriptors_path, "rb") as f:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btl2edge/v1/classifier.proto\x12\ntl2edge.v1\"7\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\"L\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x02 \x01(\x0b\x32\x14.tl2edge.v1.RawImageH\x00\x42\x08\n\x06source\"u\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x06images\x18\x03 \x03(\x0b\x32\x11.tl2edge.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\n\n\x02id\x18\x05 \x01(\t\"9\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"=\n\x0e\x43lassification\x12+\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x16.tl2edge.v1.Prediction\"\x80\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x07results\x18\x03 \x03(\x0b\x32\x1a.tl2edge.v1.Classification\x12\n\n\x02id\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"\x92\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x11\n\tproviders\x18\x07 \x03(\t\x12\x12\n\nis_default\x18\x08 \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.tl2edge.v1.ModelInfo2\xf7\x01\n\nClassifier\x12G\n\x08\x43lassify\x12\x1b.tl2edge.v1.ClassifyRequest\x1a\x1c.tl2edge.v1.ClassifyResponse\"\x00\x12Q\n\x0e\x43lassifyStream\x12\x1b.tl2edge.v1.ClassifyRequest\x1a\x1c.tl2edge.v1.ClassifyResponse\"\x00(\x01\x30\x01\x12M\n\nListModels\x12\x1d.tl2edge.v1.ListModelsRequest\x1a\x1e.tl2edge.v1.ListModelsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btl2edge/v1/classifier.proto\x12\ntl2edge.v1\"7\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\"L\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x02 \x01(\x0b\x32\x14.tl2edge.v1.RawImageH\x00\x42\x08\n\x06source\"u\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x06images\x18\x03 \x03(\x0b\x32\x11.tl2edge.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\n\n\x02id\x18\x05 \x01(\t\"9\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"=\n\x0e\x43lassification\x12+\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x16.tl2edge.v1.Prediction\"\x80\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x07results\x18\x03 \x03(\x0b\x32\x1a.tl2edge.v1.Classification\x12\n\n\x02id\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"\xa7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x11\n\tproviders\x18\x07 \x03(\t\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12\x13\n\x0bresolves_to\x18\t \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.tl2edge.v1.ModelInfo2\xf7\x01\n\nClassifier\x12G\n\x08\x43lassify\x12\x1b.tl2edge.v1.ClassifyRequest\x1a\x1c.tl2edge.v1.ClassifyResponse\"\x00\x12Q\n\x0e\x43lassifyStream\x12\x1b.tl2edge.v1.ClassifyRequest\x1a\x1c.tl2edge.v1.ClassifyResponse\"\x00(\x01\x30\x01\x12M\n\nListModels\x12\x1d.tl2edge.v1.ListModelsRequest\x1a\x1e.tl2edge.v1.ListModelsResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,9 +46,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_start=550
   _globals['_LISTMODELSREQUEST']._serialized_end=569
   _globals['_MODELINFO']._serialized_start=572
-  _globals['_MODELINFO']._serialized_end=718
-  _globals['_LISTMODELSRESPONSE']._serialized_start=720
-  _globals['_LISTMODELSRESPONSE']._serialized_end=779
-  _globals['_CLASSIFIER']._serialized_start=782
-  _globals['_CLASSIFIER']._serialized_end=1029
+  _globals['_MODELINFO']._serialized_end=739
+  _globals['_LISTMODELSRESPONSE']._serialized_start=741
+  _globals['_LISTMODELSRESPONSE']._serialized_end=800
+  _globals['_CLASSIFIER']._serialized_start=803
+  _globals['_CLASSIFIER']._serialized_end=1050
 # @@protoc_insertion_point(module_scope)
