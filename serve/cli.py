@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=256,
         help="beyond this, RESOURCE_EXHAUSTED (default 256)",
     )
+    add_limit_arguments(p)
     dev = p.add_argument_group("runtime")
     dev.add_argument(
         "--device",
@@ -130,6 +131,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ops.add_argument("--reload-interval-s", type=float, default=0.0, help="poll REPO for new versions every N s (default 0 = off)")  # fmt: skip
 
 
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    # Defaults live in tl2edge.serve.limits, which imports grpc: repeated here as literals
+    # (a test checks they agree) so that --help stays light.
+    lim = p.add_argument_group("memory limits")
+    lim.add_argument(
+        "--max-inflight-mb",
+        type=int,
+        default=512,
+        help="request bytes (messages and decoded pixels) held at once; beyond it, "
+        "RESOURCE_EXHAUSTED (default 512)",
+    )
+    lim.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=25_000_000,
+        help="largest width x height of an encoded image, checked from its header before "
+        "decoding; larger: INVALID_ARGUMENT (default 25000000)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     # Heavy imports only when serving for real.
     from tl2edge.serve.auth import read_token
@@ -155,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
             default_model=args.default_model,
             max_message_mb=args.max_message_mb,
             max_concurrent_requests=args.max_concurrent_requests,
+            max_inflight_mb=args.max_inflight_mb,
+            max_image_pixels=args.max_image_pixels,
             grace_s=args.grace_s,
             reload_interval_s=args.reload_interval_s,
             tls_cert=args.tls_cert,

@@ -50,6 +50,11 @@ class Metrics:
             "tl2edge_model_loaded", "Loaded model versions and the execution providers they use",
             ["model", "version", "variant", "providers"], registry=r,
         )  # fmt: skip
+        self.model_skipped = Gauge(
+            "tl2edge_model_version_skipped",
+            "Model versions in the repository that failed to load and are not served",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
         self._http: object | None = None
 
     def serve(self, host: str, port: int) -> int:

@@ -33,6 +33,7 @@ from tl2edge.serve.batching import BatchConfig
 from tl2edge.serve.classifier import ClassifierServicer
 from tl2edge.serve.dataplane import DataPlane
 from tl2edge.serve.kserve import KServeServicer
+from tl2edge.serve.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INFLIGHT_MB
 from tl2edge.serve.metrics import Metrics
 from tl2edge.serve.repository import ModelRepository, VersionPolicy
 from tl2edge.serve.runtime import RuntimeConfig
@@ -54,6 +55,8 @@ class ServeConfig:
     default_model: str | None = None
     max_message_mb: int = 64
     max_concurrent_requests: int = 256
+    max_inflight_mb: int = DEFAULT_MAX_INFLIGHT_MB
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     grace_s: float = 30.0
     reload_interval_s: float = 0.0  # 0 = no hot reload
     tls_cert: Path | None = None
@@ -70,6 +73,10 @@ class ServeConfig:
             raise ValueError(
                 f"max concurrent requests ({self.max_concurrent_requests}) must be at least 1"
             )
+        if self.max_inflight_mb < 1:
+            raise ValueError(f"max in-flight size ({self.max_inflight_mb} MB) must be at least 1")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max image pixels ({self.max_image_pixels}) must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca and not self.tls_cert:
@@ -194,6 +201,10 @@ class Server:
         gauge.clear()
         for m in repo.all():
             gauge.labels(m.name, str(m.version), m.manifest.variant, ",".join(m.providers)).set(1)
+        skipped = self.plane.metrics.model_skipped
+        skipped.clear()
+        for name, version in repo.skipped:
+            skipped.labels(name, str(version)).set(1)
 
     async def _reload_forever(self) -> None:
         known = set(self.repository.models)
@@ -204,9 +215,9 @@ class Server:
             except Exception:  # keep serving what is loaded
                 log.exception("model reload failed")
                 continue
+            self._publish_models(self.repository)  # also versions that just failed
             if not changes:
                 continue
-            self._publish_models(self.repository)
             current = set(self.repository.models)
             status = NOT_SERVING if self.plane.draining else SERVING
             for name in current:
@@ -240,6 +251,8 @@ async def create_server(
         metrics=metrics,
         max_concurrent_requests=config.max_concurrent_requests,
         default_model=config.default_model,
+        max_inflight_mb=config.max_inflight_mb,
+        max_image_pixels=config.max_image_pixels,
     )
     limit = config.max_message_mb * 1024 * 1024
     server = grpc.aio.server(

@@ -266,9 +266,10 @@ def test_metrics_count_outcomes_batches_and_providers(repo):
         'tl2edge_requests_total{api="kserve.ModelInfer",model="tiny-int8",outcome="OK"} 1.0' in text
     )
     assert (
-        'tl2edge_requests_total{api="kserve.ModelInfer",model="nope",outcome="NOT_FOUND"} 1.0'
+        'tl2edge_requests_total{api="kserve.ModelInfer",model="unknown",outcome="NOT_FOUND"} 1.0'
         in text
     )
+    assert "nope" not in text  # a client's string never becomes a label
     assert 'tl2edge_requests_total{api="classifier.Classify",model="-",outcome="OK"} 1.0' in text
     assert 'tl2edge_batch_size_count{model="tiny-int8"} 2.0' in text
     assert 'tl2edge_batch_size_sum{model="tiny-int8"} 4.0' in text
