@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -114,3 +119,38 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(data)
+
+
+def start_cli_server(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, dict]:
+    """`tl2edge serve ARGS` in a child process on a free port; (process, its "serving" log event)."""
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tl2edge",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--log-format",
+            "json",
+            *args,
+        ],
+        stderr=open(log, "w"),  # noqa: SIM115
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            if event["msg"] == "serving":
+                return proc, event
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not start: " + log.read_text())
