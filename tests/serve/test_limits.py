@@ -296,3 +296,15 @@ def test_start_up_fails_only_when_a_model_has_no_loadable_version(tmp_path, caps
     assert code == 2
     assert f"no loadable version of model(s) {MODEL}" in err
     assert f"{MODEL} v1:" in err and f"{MODEL} v2:" in err and "Traceback" not in err
+
+
+def test_cli_limit_defaults_are_the_config_defaults():
+    import argparse
+
+    from tl2edge.serve.cli import add_limit_arguments
+
+    parser = argparse.ArgumentParser()
+    add_limit_arguments(parser)
+    args = parser.parse_args([])
+    assert args.max_inflight_mb == ServeConfig().max_inflight_mb
+    assert args.max_image_pixels == ServeConfig().max_image_pixels
