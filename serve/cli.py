@@ -138,9 +138,9 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     lim.add_argument(
         "--max-inflight-mb",
         type=int,
-        default=512,
+        default=256,
         help="request bytes (messages and decoded pixels) held at once; beyond it, "
-        "RESOURCE_EXHAUSTED (default 512)",
+        "RESOURCE_EXHAUSTED (default 256)",
     )
     lim.add_argument(
         "--max-image-pixels",

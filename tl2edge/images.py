@@ -102,16 +102,17 @@ def decode_rgb_bounded(
                 )
             if img.format == "JPEG" and img.width >= 2 * w and img.height >= 2 * h:
                 img.draft("RGB", (2 * w, 2 * h))
-            bands = len(img.getbands())
-            # the decoded frame, plus an RGB copy unless it is RGB already
-            cost = img.width * img.height * (bands + (0 if img.mode == "RGB" else 4))
+            # Grey is resized before it becomes RGB (the same pixels: the filter is linear
+            # and per channel), so it costs its frame only; else the frame plus an RGB copy.
+            native = img.mode in ("RGB", "L")
+            cost = img.width * img.height * (len(img.getbands()) + (0 if native else 4))
             with reserve(cost) if reserve is not None else contextlib.nullcontext():
                 img.seek(0)
                 img.load()
-                rgb = img if img.mode == "RGB" else _to_rgb(img)
+                rgb = img if native else _to_rgb(img)
                 if rgb.size != (w, h):
                     rgb = rgb.resize((w, h), RESAMPLE)
-                return np.asarray(rgb, dtype=np.uint8)
+                return np.asarray(rgb.convert("RGB") if rgb.mode != "RGB" else rgb, np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image too large to decode ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:

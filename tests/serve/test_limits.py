@@ -111,9 +111,9 @@ def test_bytes_in_flight_beyond_the_budget_get_resource_exhausted(repo):
         big = cpb.ClassifyRequest(model=MODEL)
         big.images.add(encoded=b"\0" * (2 * 2**20))
         assert _code(classify, big) == grpc.StatusCode.RESOURCE_EXHAUSTED
-        # decoding a 1000x1000 image would hold ~4 MB: refused before decoding
+        # decoding a 1500x1500 grey image would hold 2.25 MB: refused before decoding
         wide = cpb.ClassifyRequest(model=MODEL)
-        wide.images.add(encoded=png_bomb(1000, 1000))
+        wide.images.add(encoded=png_bomb(1500, 1500))
         assert _code(classify, wide) == grpc.StatusCode.RESOURCE_EXHAUSTED
         small = cpb.ClassifyRequest(model=MODEL)
         small.images.add(encoded=png_bytes(random_pixels(1, size=20)[0]))
@@ -308,3 +308,17 @@ def test_cli_limit_defaults_are_the_config_defaults():
     args = parser.parse_args([])
     assert args.max_inflight_mb == ServeConfig().max_inflight_mb
     assert args.max_image_pixels == ServeConfig().max_image_pixels
+
+
+def test_grey_images_are_resized_before_becoming_rgb_with_identical_pixels():
+    grey = np.random.default_rng(4).integers(0, 256, (60, 40, 1), dtype=np.uint8)
+    png = png_bytes(np.repeat(grey, 3, axis=2)[..., :1].squeeze(-1))
+    held: list[int] = []
+
+    def reserve(n: int):  # type: ignore[no-untyped-def]
+        held.append(n)
+        return __import__("contextlib").nullcontext()
+
+    out = decode_rgb_bounded(png, (8, 8), max_pixels=10**6, reserve=reserve)
+    assert held == [60 * 40]  # the grey frame only, no full-size RGB copy
+    np.testing.assert_array_equal(out, decode_rgb(png, 8))
