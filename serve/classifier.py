@@ -41,7 +41,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         self.plane = plane
 
     async def _classify(self, request: pb.ClassifyRequest, api: str) -> pb.ClassifyResponse:
-        async with self.plane.admit(api, request.model):
+        async with self.plane.admit(api, request.model, request.ByteSize()):
             model = self.plane.model(request.model, request.model_version)
             images = request_images(request)
             model, rows = await self.plane.classify(

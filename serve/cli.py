@@ -94,6 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for dest, (default, text) in CONNECTION_FLAGS.items():
         flag = "--" + dest.replace("_", "-")
         conn.add_argument(flag, type=type(default), default=default, help=text)
+    add_limit_arguments(p)
     dev = p.add_argument_group("runtime")
     dev.add_argument(
         "--device",
@@ -219,6 +220,26 @@ def openvino_config(args: argparse.Namespace) -> dict:
     }
 
 
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    # Defaults live in tl2edge.serve.limits, which imports grpc: repeated here as literals
+    # (a test checks they agree) so that --help stays light.
+    lim = p.add_argument_group("memory limits")
+    lim.add_argument(
+        "--max-inflight-mb",
+        type=int,
+        default=256,
+        help="request bytes (messages and decoded pixels) held at once; beyond it, "
+        "RESOURCE_EXHAUSTED (default 256)",
+    )
+    lim.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=25_000_000,
+        help="largest width x height of an encoded image, checked from its header before "
+        "decoding; larger: INVALID_ARGUMENT (default 25000000)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     # Heavy imports only when serving for real.
     from tl2edge.serve.auth import read_token
@@ -246,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
             default_model=args.default_model,
             max_message_mb=args.max_message_mb,
             max_concurrent_requests=args.max_concurrent_requests,
+            max_inflight_mb=args.max_inflight_mb,
+            max_image_pixels=args.max_image_pixels,
             grace_s=args.grace_s,
             reload_interval_s=args.reload_interval_s,
             model_control_mode=args.model_control_mode,

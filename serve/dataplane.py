@@ -24,13 +24,24 @@ from typing import Any, NamedTuple, TypeVar
 import grpc
 import numpy as np
 
-from tl2edge.images import BadImage, decode_rgb, resize_rgb
+from tl2edge.images import (
+    SERVE_FORMATS,
+    BadImage,
+    decode_rgb_bounded,
+    refuse_decompression_bombs,
+    resize_rgb,
+)
 from tl2edge.serve.batching import BatcherClosed
 from tl2edge.serve.errors import (
     InvalidInput,
     Overloaded,
     ServeError,
     Unavailable,
+)
+from tl2edge.serve.limits import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_INFLIGHT_MB,
+    ByteBudget,
 )
 from tl2edge.serve.metrics import Metrics
 from tl2edge.serve.modelcontrol import IndexEntry, ModelControl
@@ -41,6 +52,7 @@ log = logging.getLogger("tl2edge.serve.dataplane")
 DEFAULT_TOP_K = 5
 MAX_IMAGES_PER_REQUEST = 1024
 MAX_SIDE = 16384
+UNKNOWN_MODEL = "unknown"  # the metrics label of every name no loaded model answers to
 
 
 class Prediction(NamedTuple):
@@ -68,10 +80,15 @@ class DataPlane:
         max_concurrent_requests: int = 256,
         default_model: str | None = None,
         decode_threads: int = 2,
+        max_inflight_mb: int = DEFAULT_MAX_INFLIGHT_MB,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         self.repository = repository
         self.metrics = metrics or Metrics()
         self.max_concurrent = max_concurrent_requests
+        self.budget = ByteBudget(max_inflight_mb * 2**20)
+        self.max_image_pixels = max_image_pixels
+        refuse_decompression_bombs()
         self.default_model = default_model
         self.ready = False
         self._drain = asyncio.Event()
@@ -144,9 +161,22 @@ class DataPlane:
         await self.control.unload(name)
 
     # -- admission ---------------------------------------------------------------------------
+    def model_label(self, name: str) -> str:
+        """The metrics label for a requested model name: a served model's name, never the
+        client's string (which could be anything, of any length)."""
+        if not name:
+            return "-"
+        try:
+            return self.repository.get(name).name
+        except ServeError:
+            return UNKNOWN_MODEL
+
     @contextlib.asynccontextmanager
-    async def admit(self, api: str, model: str = "") -> AsyncIterator[None]:
-        """Count one inference request; refuse it when draining, not ready, or overloaded."""
+    async def admit(self, api: str, model: str = "", nbytes: int = 0) -> AsyncIterator[None]:
+        """Count one inference request; refuse it when draining, not ready, or overloaded.
+
+        `nbytes`: the size of the request message, held against `--max-inflight-mb`.
+        """
         start = time.perf_counter()
         outcome = "OK"
         try:
@@ -159,16 +189,17 @@ class DataPlane:
                     f"server is at its limit of {self.max_concurrent} concurrent requests "
                     f"(--max-concurrent-requests); retry with backoff"
                 )
-            self.inflight += 1
-            self._idle.clear()
-            self.metrics.inflight.set(self.inflight)
-            try:
-                yield
-            finally:
-                self.inflight -= 1
+            with self.budget.hold(nbytes):
+                self.inflight += 1
+                self._idle.clear()
                 self.metrics.inflight.set(self.inflight)
-                if self.inflight == 0:
-                    self._idle.set()
+                try:
+                    yield
+                finally:
+                    self.inflight -= 1
+                    self.metrics.inflight.set(self.inflight)
+                    if self.inflight == 0:
+                        self._idle.set()
         except ServeError as exc:
             outcome = exc.code.name
             raise
@@ -179,7 +210,7 @@ class DataPlane:
             outcome = grpc.StatusCode.INTERNAL.name
             raise
         finally:
-            self.metrics.requests.labels(api, model or "-", outcome).inc()
+            self.metrics.requests.labels(api, self.model_label(model), outcome).inc()
             self.metrics.request_seconds.labels(api).observe(time.perf_counter() - start)
 
     async def wait_idle(self, timeout: float) -> bool:
@@ -201,8 +232,9 @@ class DataPlane:
         """
         start = time.perf_counter()
         ok = False
+        sent = pixels
         try:
-            pixels = self.check_pixels(model, pixels)
+            pixels = self.check_pixels(model, sent)
             for _ in range(3):
                 try:
                     probs = await model.batcher.submit(pixels)
@@ -210,10 +242,30 @@ class DataPlane:
                     return model, probs
                 except BatcherClosed:
                     # Hot reload retired this version after lookup: ask the repository again.
-                    model = self.repository.get(model.name, model.version if pinned else "")
+                    model, pixels = self.revalidate(model, sent, pinned=pinned)
             raise Unavailable(f"model {model.name} is being reloaded; retry")
         finally:
             model.stats.request_done(ok, len(pixels), time.perf_counter() - start)
+
+    def revalidate(
+        self, old: LoadedModel, sent: np.ndarray, *, pinned: bool
+    ) -> tuple[LoadedModel, np.ndarray]:
+        """The version that now serves `old`'s name, and the pixels checked against it.
+
+        Pixels checked (or decoded) for one version never run on another unchecked: a new
+        version with another image size or input type refuses them with UNAVAILABLE, and
+        the client's retry is validated (or decoded) for the new version.
+        """
+        model = self.repository.get(old.name, old.version if pinned else "")
+        if model is old:
+            return model, self.check_pixels(model, sent)
+        try:
+            return model, self.check_pixels(model, sent)
+        except InvalidInput as exc:
+            raise Unavailable(
+                f"model {model.name} changed from version {old.version} to {model.version} "
+                f"while the request waited ({exc}); version changed, retry"
+            ) from None
 
     def check_pixels(self, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
         h, w = model.image_size
@@ -254,7 +306,28 @@ class DataPlane:
         if all(isinstance(i, np.ndarray) and i.shape[:2] == size for i in images):
             return np.stack(images)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoder, _decode_all, list(images), size)
+        with self.budget.hold(len(images) * size[0] * size[1] * 3, "the decoded images"):
+            return await loop.run_in_executor(self._decoder, self._decode_all, list(images), size)
+
+    def _decode_all(self, images: list[bytes | np.ndarray], size: tuple[int, int]) -> np.ndarray:
+        out = np.empty((len(images), *size, 3), dtype=np.uint8)
+        for i, image in enumerate(images):
+            try:
+                out[i] = (
+                    resize_rgb(image, size)
+                    if isinstance(image, np.ndarray)
+                    else decode_rgb_bounded(
+                        image, size, max_pixels=self.max_image_pixels, reserve=self._hold_decode
+                    )
+                )
+            except BadImage as exc:
+                raise InvalidInput(
+                    f"image {i}: {exc}; send {', '.join(SERVE_FORMATS)} bytes"
+                ) from None
+        return out
+
+    def _hold_decode(self, nbytes: int) -> contextlib.AbstractContextManager[None]:
+        return self.budget.hold(nbytes, "decoding this image")
 
     async def classify(
         self,
@@ -270,20 +343,6 @@ class DataPlane:
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False)
-
-
-def _decode_all(images: list[bytes | np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    out = np.empty((len(images), *size, 3), dtype=np.uint8)
-    for i, image in enumerate(images):
-        try:
-            out[i] = (
-                resize_rgb(image, size)
-                if isinstance(image, np.ndarray)
-                else decode_rgb(image, size)
-            )
-        except BadImage as exc:
-            raise InvalidInput(f"image {i}: {exc}; send JPEG, PNG, BMP or GIF bytes") from None
-    return out
 
 
 T = TypeVar("T")

@@ -51,10 +51,16 @@ class DeadlineExceeded(ServeError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+MAX_MESSAGE = 2000  # characters; a status message travels in a size-limited trailer
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a client gets for `exc`."""
     if isinstance(exc, ServeError):
-        return exc.code, str(exc)
+        message = str(exc)
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + "..."
+        return exc.code, message
     ref = uuid.uuid4().hex[:12]
     log.error("internal error", exc_info=exc, extra={"ref": ref})
     return grpc.StatusCode.INTERNAL, f"internal server error (ref {ref}; details in the server log)"
@@ -70,8 +76,6 @@ def rpc_errors(method: F) -> F:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except ServeError as exc:
-            await context.abort(exc.code, str(exc))
         except Exception as exc:  # a request must never take the server down
             code, message = status_of(exc)
             await context.abort(code, message)

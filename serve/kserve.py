@@ -21,8 +21,9 @@ from tl2edge._proto import grpc_service_pb2 as pb
 from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc
 from tl2edge._proto import model_config_pb2 as mc
 from tl2edge.serve.aliases import alias_parameters
-from tl2edge.serve.dataplane import DataPlane, top_k
+from tl2edge.serve.dataplane import MAX_IMAGES_PER_REQUEST, DataPlane, top_k
 from tl2edge.serve.errors import InvalidInput, ServeError, rpc_errors, stream_error_text
+from tl2edge.serve.limits import element_count, shown
 from tl2edge.serve.providers import CUDA, TENSORRT, selection_parameters
 from tl2edge.serve.repository import LoadedModel
 
@@ -33,6 +34,12 @@ EXTENSIONS = [
 ]  # fmt: skip
 DTYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 CONFIG_TYPES = {"UINT8": mc.TYPE_UINT8, "FP32": mc.TYPE_FP32}
+# The InferTensorContents field each datatype travels in (KServe v2), and its numpy type.
+CONTENTS_FIELDS = {
+    "UINT8": ("uint_contents", np.uint32),
+    "FP32": ("fp32_contents", np.float32),
+    "BYTES": ("bytes_contents", None),
+}
 
 
 def serialize_bytes(items: list[bytes]) -> bytes:
@@ -40,10 +47,13 @@ def serialize_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
-def deserialize_bytes(raw: bytes) -> list[bytes]:
+def deserialize_bytes(raw: bytes, limit: int | None = None) -> list[bytes]:
+    """The elements of a BYTES tensor; more than `limit` of them is refused while reading."""
     items: list[bytes] = []
     offset = 0
     while offset < len(raw):
+        if limit is not None and len(items) >= limit:
+            raise InvalidInput(f"BYTES tensor has more than {limit} elements")
         if offset + 4 > len(raw):
             raise InvalidInput("BYTES tensor is truncated: a 4-byte length prefix is cut off")
         (n,) = struct.unpack_from("<I", raw, offset)
@@ -68,7 +78,7 @@ def request_input(request: pb.ModelInferRequest, model: LoadedModel) -> np.ndarr
     tensor = request.inputs[0]
     if tensor.name != model.input_name:
         raise InvalidInput(
-            f"unknown input {tensor.name!r}; model {model.name} takes {model.input_name!r}"
+            f"unknown input {shown(tensor.name)}; model {model.name} takes {model.input_name!r}"
         )
     raw = request.raw_input_contents
     if raw and len(raw) != 1:
@@ -76,15 +86,24 @@ def request_input(request: pb.ModelInferRequest, model: LoadedModel) -> np.ndarr
     if raw and tensor.HasField("contents"):
         raise InvalidInput("input has both raw_input_contents and contents; send one of them")
     shape = list(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input shape {shape} has a negative dimension")
+    count = element_count(shape)
     h, w = model.image_size
+    if tensor.HasField("contents"):
+        check_contents_field(tensor)
     if tensor.datatype == "BYTES":
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise InvalidInput(
                 f"BYTES input shape {shape}: send encoded images as shape [N] or [N, 1]"
             )
-        items = deserialize_bytes(raw[0]) if raw else list(tensor.contents.bytes_contents)
+        if shape[0] > MAX_IMAGES_PER_REQUEST:
+            raise InvalidInput(
+                f"{shape[0]} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}"
+            )
+        items = (
+            deserialize_bytes(raw[0], limit=shape[0])
+            if raw
+            else list(tensor.contents.bytes_contents)
+        )
         if len(items) != shape[0]:
             raise InvalidInput(
                 f"BYTES input has {len(items)} elements, its shape {shape} says {shape[0]}"
@@ -93,7 +112,7 @@ def request_input(request: pb.ModelInferRequest, model: LoadedModel) -> np.ndarr
     dtype = DTYPES.get(tensor.datatype)
     if dtype is None:
         raise InvalidInput(
-            f"input datatype {tensor.datatype!r} is not accepted; send UINT8 or FP32 pixels "
+            f"input datatype {shown(tensor.datatype)} is not accepted; send UINT8 or FP32 pixels "
             f"[N, {h}, {w}, 3] or BYTES encoded images [N]"
         )
     if len(shape) != 4 or shape[1:] != [h, w, 3]:
@@ -101,7 +120,10 @@ def request_input(request: pb.ModelInferRequest, model: LoadedModel) -> np.ndarr
             f"input shape {shape} does not match model {model.name}: expected [N, {h}, {w}, 3] "
             f"(RGB pixels, NHWC); send BYTES to have the server decode and resize images"
         )
-    count = int(np.prod(shape))
+    if shape[0] > MAX_IMAGES_PER_REQUEST:
+        raise InvalidInput(
+            f"{shape[0]} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}"
+        )
     if raw:
         expected = count * dtype.itemsize
         if len(raw[0]) != expected:
@@ -110,15 +132,32 @@ def request_input(request: pb.ModelInferRequest, model: LoadedModel) -> np.ndarr
                 f"{expected}"
             )
         return np.frombuffer(raw[0], dtype=dtype).reshape(shape)
-    if tensor.datatype == "UINT8":
-        values = np.asarray(tensor.contents.uint_contents, dtype=np.int64)
-        if values.size and values.max() > 255:
-            raise InvalidInput("UINT8 contents hold values above 255")
-    else:
-        values = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
-    if values.size != count:
-        raise InvalidInput(f"input contents have {values.size} values; shape {shape} needs {count}")
-    return values.astype(dtype).reshape(shape)
+    return typed_contents(tensor, shape, count, dtype)
+
+
+def check_contents_field(tensor: pb.ModelInferRequest.InferInputTensor) -> None:
+    """Typed contents must be in the field of the tensor's datatype and in no other."""
+    expected = CONTENTS_FIELDS.get(tensor.datatype, (None, None))[0]
+    for field, _ in tensor.contents.ListFields():
+        if field.name != expected:
+            where = f"send them in {expected}" if expected else "send UINT8, FP32 or BYTES"
+            raise InvalidInput(
+                f"{shown(tensor.datatype)} input has values in contents.{field.name}; {where}"
+            )
+
+
+def typed_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int], count: int, dtype: np.dtype
+) -> np.ndarray:
+    """Pixels from `contents`, the count checked before any conversion (never widened)."""
+    field, wire_type = CONTENTS_FIELDS[tensor.datatype]
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidInput(f"input contents have {len(values)} values; shape {shape} needs {count}")
+    array = np.array(values, dtype=wire_type)
+    if tensor.datatype == "UINT8" and array.size and int(array.max()) > 255:
+        raise InvalidInput("UINT8 contents hold values above 255")
+    return array.astype(dtype, copy=False).reshape(shape)
 
 
 def _classification_k(request: pb.ModelInferRequest, model: LoadedModel) -> int:
@@ -126,9 +165,9 @@ def _classification_k(request: pb.ModelInferRequest, model: LoadedModel) -> int:
     if not request.outputs:
         return 0
     if len(request.outputs) != 1 or request.outputs[0].name != model.output_name:
-        names = [o.name for o in request.outputs]
+        names = ", ".join(shown(o.name) for o in request.outputs[:4])
         raise InvalidInput(
-            f"unknown output(s) {names}; model {model.name} has {model.output_name!r}"
+            f"unknown output(s) [{names}]; model {model.name} has {model.output_name!r}"
         )
     param = request.outputs[0].parameters.get("classification")
     if param is None:
@@ -166,7 +205,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.plane = plane
 
     async def _infer(self, request: pb.ModelInferRequest, api: str) -> pb.ModelInferResponse:
-        async with self.plane.admit(api, request.model_name):
+        async with self.plane.admit(api, request.model_name, request.ByteSize()):
             model = self.plane.repository.get(request.model_name, request.model_version)
             k = _classification_k(request, model)
             data = request_input(request, model)

@@ -63,6 +63,11 @@ class Metrics:
             "tl2edge_auto_probe_ms", "What --device auto measured at load: ms per run",
             ["model", "version", "device", "batch"], registry=r,
         )  # fmt: skip
+        self.model_skipped = Gauge(
+            "tl2edge_model_version_skipped",
+            "Model versions in the repository that failed to load and are not served",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
         self._http: MetricsServer | None = None
 
     def serve(self, host: str, port: int, **security: Any) -> int:

@@ -26,8 +26,9 @@ from tl2edge.errors import UserError
 from tl2edge.serve.aliases import Alias, resolve_aliases
 from tl2edge.serve.batching import BatchConfig, Batcher
 from tl2edge.serve.errors import ModelNotFound
+from tl2edge.serve.limits import shown
 from tl2edge.serve.metrics import ModelStats
-from tl2edge.serve.providers import gate_failures
+from tl2edge.serve.providers import DeviceUnavailable, gate_failures
 from tl2edge.serve.runtime import RuntimeConfig, Selection, create_session, warm_up
 
 log = logging.getLogger("tl2edge.serve.repository")
@@ -204,6 +205,8 @@ class ModelRepository:
         self._on_change = on_change
         self._failed: dict[Path, tuple[int, ...]] = {}
         self.enabled: set[str] | None = None  # model control: only these names (None: all)
+        # (name, version) -> why it is not served; start-up and reload skip such versions
+        self.skipped: dict[tuple[str, int], str] = {}
         if not self.source.exists():
             raise UserError(f"model source {self.source} does not exist")
 
@@ -249,16 +252,52 @@ class ModelRepository:
 
     # -- loading ------------------------------------------------------------------------------
     async def load_all(self) -> None:
-        """First load: every selected version, or an error saying why not."""
+        """First load: the selected versions that load, as `refresh` would serve them.
+
+        A version that fails to load is skipped (logged, and kept in `skipped`), so with
+        the `latest` policy the newest version that loads is served, as reload does; an
+        error only if some model has no loadable version at all.
+        """
         wanted = self.scan()
         if not wanted:
             raise UserError(
                 f"no model versions in {self.source} (policy {self.policy}); expected "
                 f"{self.source}/<model-name>/<version>/{mf.MODEL_FILE} with {mf.MANIFEST}"
             )
-        for (name, version), path in sorted(wanted.items()):
-            self._add(await self._load(name, version, path))
+        names = sorted({name for name, _ in wanted})
+        while todo := {
+            key: path
+            for key, path in self.scan().items()
+            if key[1] not in self.models.get(key[0], {}) and not self._known_bad(path)
+        }:
+            for (name, version), path in sorted(todo.items()):
+                try:
+                    model = await self._load(name, version, path)
+                except DeviceUnavailable:
+                    raise  # the device, not this version: no other version would do better
+                except Exception as exc:
+                    self._skip(name, version, path, exc)
+                    continue
+                self._add(model)
+        missing = [name for name in names if name not in self.models]
+        if missing:
+            reasons = "\n".join(
+                f"  {n} v{v}: {why}" for (n, v), why in sorted(self.skipped.items()) if n in missing
+            )
+            raise UserError(f"no loadable version of model(s) {', '.join(missing)}:\n{reasons}")
         self.update_aliases()
+
+    def _skip(self, name: str, version: int, path: Path, exc: Exception) -> None:
+        """Remember a version that failed to load (until its files change) and say so."""
+        try:
+            self._failed[path] = _fingerprint(path)
+        except OSError:
+            self._failed[path] = ()
+        self.skipped[(name, version)] = str(exc)
+        log.error(
+            "model version failed to load; skipped",
+            extra={"model": name, "version": version, "error": str(exc)},
+        )
 
     async def refresh(self) -> list[str]:
         """Load new or replaced versions, retire removed ones; returns what changed.
@@ -285,13 +324,10 @@ class ModelRepository:
             try:
                 model = await self._load(name, version, path)
             except Exception as exc:  # a bad new version must not stop serving
-                self._failed[path] = fingerprint
-                log.error(
-                    "model version failed to load; still serving the previous ones",
-                    extra={"model": name, "version": version, "error": str(exc)},
-                )
+                self._skip(name, version, path, exc)
                 continue
             self._failed.pop(path, None)
+            self.skipped.pop((name, version), None)
             old = self._add(model)
             changes.append(f"{'reloaded' if old else 'loaded'} {name} v{version}")
             if old is not None:
@@ -336,7 +372,15 @@ class ModelRepository:
             for fn in self.observers:
                 fn(holder[0], size, queue_s, compute_s)
 
-        batcher = Batcher(run, self.batching, name=f"{name}-v{version}", observer=observe)
+        h, w = manifest.image_size
+        batcher = Batcher(
+            run,
+            self.batching,
+            name=f"{name}-v{version}",
+            observer=observe,
+            item_shape=(h, w, 3),
+            dtype=dtype,
+        )
         model = LoadedModel(
             manifest=manifest,
             path=path,
@@ -448,16 +492,16 @@ class ModelRepository:
         versions = self.models.get(name)
         if not versions:
             known = ", ".join(sorted([*self.models, *self.aliases])) or "none"
-            raise ModelNotFound(f"model {name!r} is not served here; models: {known}")
+            raise ModelNotFound(f"model {shown(name)} is not served here; models: {known}")
         if version in ("", None, 0):
             return versions[max(versions)]
         try:
             v = int(version)
         except ValueError:
-            raise ModelNotFound(f"model version {version!r} is not a number") from None
+            raise ModelNotFound(f"model version {shown(str(version))} is not a number") from None
         if v not in versions:
             raise ModelNotFound(
-                f"model {name!r} has no version {v} loaded; loaded: {', '.join(map(str, versions))}"
+                f"model {shown(name)} has no version {v} loaded; loaded: {', '.join(map(str, versions))}"
             )
         return versions[v]
 

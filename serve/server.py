@@ -34,6 +34,7 @@ from tl2edge.serve.connections import ConnectionConfig
 from tl2edge.serve.dataplane import DataPlane
 from tl2edge.serve.health import DrainingHealthServicer
 from tl2edge.serve.kserve import KServeServicer
+from tl2edge.serve.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INFLIGHT_MB
 from tl2edge.serve.metrics import Metrics
 from tl2edge.serve.modelcontrol import MODES, ModelControl
 from tl2edge.serve.providers import publish_selections
@@ -58,6 +59,8 @@ class ServeConfig:
     default_model: str | None = None
     max_message_mb: int = 64
     max_concurrent_requests: int = 256
+    max_inflight_mb: int = DEFAULT_MAX_INFLIGHT_MB
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     grace_s: float = 30.0
     reload_interval_s: float = 0.0  # poll interval of --model-control-mode poll
     model_control_mode: str = ""  # none|poll|explicit; "": poll if reload_interval_s else none
@@ -77,6 +80,10 @@ class ServeConfig:
             raise ValueError(
                 f"max concurrent requests ({self.max_concurrent_requests}) must be at least 1"
             )
+        if self.max_inflight_mb < 1:
+            raise ValueError(f"max in-flight size ({self.max_inflight_mb} MB) must be at least 1")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max image pixels ({self.max_image_pixels}) must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca and not self.tls_cert:
@@ -226,6 +233,10 @@ class Server:
         for m in repo.all():
             gauge.labels(m.name, str(m.version), m.manifest.variant, ",".join(m.providers)).set(1)
         publish_selections(self.plane.metrics, repo.all())
+        skipped = self.plane.metrics.model_skipped
+        skipped.clear()
+        for name, version in repo.skipped:
+            skipped.labels(name, str(version)).set(1)
 
     async def _reload_forever(self) -> None:
         while True:
@@ -235,6 +246,7 @@ class Server:
             except Exception:  # keep serving what is loaded
                 log.exception("model reload failed")
                 continue
+            self._publish_models(self.repository)  # also versions that just failed
             if changes:
                 await self._models_changed()
 
@@ -274,6 +286,8 @@ async def create_server(
         metrics=metrics,
         max_concurrent_requests=config.max_concurrent_requests,
         default_model=config.default_model,
+        max_inflight_mb=config.max_inflight_mb,
+        max_image_pixels=config.max_image_pixels,
     )
     plane.control = ModelControl(repository, config.model_control_mode)
     plane.control.select_startup_models(config.load_models)

@@ -6,8 +6,11 @@ training are the pixels the server feeds it: RGB, uint8, resized with the same f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +23,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 RESAMPLE = Image.Resampling.BILINEAR
 
 
+# What a server decodes from client bytes; other formats Pillow knows (TIFF, PSD, ...) carry
+# more attack surface than a classifier needs.
+SERVE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
+
+
 class BadImage(ValueError):
     """Bytes or a file that are not a decodable image."""
+
+
+class ImageTooLarge(BadImage):
+    """An image whose header declares more pixels than the decoder may allocate."""
 
 
 def decode_rgb(
@@ -52,6 +64,61 @@ def decode_rgb(
         if rgb.size != (w, h):
             rgb = rgb.resize((w, h), RESAMPLE)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def refuse_decompression_bombs() -> None:
+    """Make Pillow's DecompressionBombWarning (MAX_IMAGE_PIXELS..2x) an error, as above 2x."""
+    import warnings
+
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def decode_rgb_bounded(
+    data: bytes,
+    size: tuple[int, int],
+    *,
+    max_pixels: int,
+    reserve: Callable[[int], AbstractContextManager[object]] | None = None,
+) -> np.ndarray:
+    """`decode_rgb(data, size)` for untrusted bytes, with memory bounded before decoding.
+
+    The pixel count declared in the header is checked against `max_pixels` and Pillow's
+    MAX_IMAGE_PIXELS before any pixel is decoded; a JPEG at least twice the target size
+    is decoded by its DCT scaling (`draft`) to no less than twice the target, then
+    resized with the same filter as `decode_rgb`. `reserve(nbytes)` is entered around the
+    decode with the bytes it may take, so a caller can account for (or refuse) them.
+    """
+    h, w = size
+    limit = (
+        max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
+    )
+    try:
+        with Image.open(io.BytesIO(data), formats=SERVE_FORMATS) as img:
+            declared = img.width * img.height
+            if declared > limit:
+                raise ImageTooLarge(
+                    f"image is {img.width}x{img.height} = {declared:,} pixels; the limit is "
+                    f"{limit:,} (--max-image-pixels); send it scaled down"
+                )
+            if img.format == "JPEG" and img.width >= 2 * w and img.height >= 2 * h:
+                img.draft("RGB", (2 * w, 2 * h))
+            # Grey is resized before it becomes RGB (the same pixels: the filter is linear
+            # and per channel), so it costs its frame only; else the frame plus an RGB copy.
+            native = img.mode in ("RGB", "L")
+            cost = img.width * img.height * (len(img.getbands()) + (0 if native else 4))
+            with reserve(cost) if reserve is not None else contextlib.nullcontext():
+                img.seek(0)
+                img.load()
+                rgb = img if native else _to_rgb(img)
+                if rgb.size != (w, h):
+                    rgb = rgb.resize((w, h), RESAMPLE)
+                return np.asarray(rgb.convert("RGB") if rgb.mode != "RGB" else rgb, np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"image too large to decode ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, BadImage):
+            raise
+        raise BadImage(f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
 
 
 def unreadable_images_error(bad: list[tuple[str, str]], remedy: str) -> UserError:

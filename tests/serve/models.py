@@ -20,7 +20,9 @@ from tl2edge import manifest as mf
 LABELS = ["cat", "dog", "bird"]
 
 
-def build_model(size: int = 8, classes: int = 3, *, seed: int = 0, work: int = 0) -> bytes:
+def build_model(
+    size: int = 8, classes: int = 3, *, seed: int = 0, work: int = 0, datatype: str = "UINT8"
+) -> bytes:
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 0.03, (3, classes)).astype(np.float32)
     b = (rng.normal(0, 0.1, (classes,)) - 127.5 * w.sum(axis=0)).astype(np.float32)
@@ -51,7 +53,13 @@ def build_model(size: int = 8, classes: int = 3, *, seed: int = 0, work: int = 0
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 3])],
+        [
+            helper.make_tensor_value_info(
+                "image",
+                getattr(TensorProto, {"FP32": "FLOAT"}.get(datatype, datatype)),
+                ["batch", size, size, 3],
+            )
+        ],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])],
         inits,
     )
@@ -72,6 +80,7 @@ def write_version(
     work: int = 0,
     corrupt: bool = False,
     metrics: dict | None = None,
+    datatype: str = "UINT8",
 ) -> Path:
     """REPO/name/version/{model.onnx, manifest.json}, written atomically (temp + rename)."""
     labels = labels or LABELS
@@ -79,13 +88,15 @@ def write_version(
     tmp = repo / name / f".tmp-{version}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / mf.MODEL_FILE).write_bytes(build_model(size, len(labels), seed=seed, work=work))
+    (tmp / mf.MODEL_FILE).write_bytes(
+        build_model(size, len(labels), seed=seed, work=work, datatype=datatype)
+    )
     manifest = mf.Manifest(
         name=name,
         version=version,
         variant=name.rsplit("-", 1)[-1] if "-" in name else "fp32",
         labels=labels,
-        input=mf.TensorSpec("image", "UINT8", [-1, size, size, 3]),
+        input=mf.TensorSpec("image", datatype, [-1, size, size, 3]),
         output=mf.TensorSpec("probs", "FP32", [-1, len(labels)]),
         sha256="0" * 64 if corrupt else mf.sha256_file(tmp / mf.MODEL_FILE),
         metrics=metrics or {},

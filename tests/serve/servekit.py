@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -72,3 +77,80 @@ def png_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def png_bomb(width: int, height: int, *, complete: bool = True) -> bytes:
+    """A grayscale PNG of zeros, `width` x `height`: ~1 KB per 1 MP, built in milliseconds.
+
+    The deflate stream repeats one independently compressed block of rows (a full flush
+    resets the compressor, so every copy is identical). `complete=False` keeps only the
+    header and the first block (a truncated image).
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\0" * (width + 1)  # filter byte + pixels
+    per_block = max(1, (1 << 22) // len(row))
+    blocks, rest = divmod(height, per_block)
+    raw = row * per_block
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = c.compress(raw) + c.flush(zlib.Z_FULL_FLUSH)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    tail = c.compress(row * rest) + c.flush()
+    adler = 1
+    for _ in range(blocks):
+        adler = zlib.adler32(raw, adler)
+    adler = zlib.adler32(row * rest, adler)
+    stream = b"\x78\xda" + block * blocks + tail + struct.pack(">I", adler)
+    if not complete:
+        stream = stream[: 2 + len(block)]
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    end = chunk(b"IEND", b"") if complete else b""
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", stream) + end
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header claims `width` x `height` (truncated if decoded)."""
+    data = bytearray(png_bytes(random_pixels(1, size=16)[0], "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def start_cli_server(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, dict]:
+    """`tl2edge serve ARGS` in a child process on a free port; (process, its "serving" log event)."""
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tl2edge",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--log-format",
+            "json",
+            *args,
+        ],
+        stderr=open(log, "w"),  # noqa: SIM115
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            if event["msg"] == "serving":
+                return proc, event
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not start: " + log.read_text())

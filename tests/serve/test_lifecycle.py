@@ -5,8 +5,6 @@ Run: .venv/bin/pytest tests/serve/test_lifecycle.py -q
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,13 +13,12 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from models import reference, write_version
-from servekit import ServerThread, random_pixels
+from servekit import ServerThread, random_pixels, start_cli_server
 
 from tl2edge.client import Client
 from tl2edge.serve import repository as repository_module
@@ -110,45 +107,11 @@ def test_drain_finishes_in_flight_requests(repo, monkeypatch):
     )
 
 
-def _start_cli(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    log = tmp_path / "serve.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tl2edge",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--log-format",
-            "json",
-            *args,
-        ],
-        stderr=open(log, "w"),  # noqa: SIM115
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            event = json.loads(line)
-            if event["msg"] == "serving":
-                return proc, event
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not start: " + log.read_text())
-
-
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     repo = tmp_path / "repo"
     write_version(repo, "slow-fp32", 1, work=150)
-    proc, event = _start_cli(
+    proc, event = start_cli_server(
         ["--repository", str(repo), "--max-batch-size", "1", "--grace-s", "30"], tmp_path
     )
     address = event["address"]
@@ -266,9 +229,10 @@ def test_metrics_count_outcomes_batches_and_providers(repo):
         'tl2edge_requests_total{api="kserve.ModelInfer",model="tiny-int8",outcome="OK"} 1.0' in text
     )
     assert (
-        'tl2edge_requests_total{api="kserve.ModelInfer",model="nope",outcome="NOT_FOUND"} 1.0'
+        'tl2edge_requests_total{api="kserve.ModelInfer",model="unknown",outcome="NOT_FOUND"} 1.0'
         in text
     )
+    assert "nope" not in text  # a client's string never becomes a label
     assert 'tl2edge_requests_total{api="classifier.Classify",model="-",outcome="OK"} 1.0' in text
     assert 'tl2edge_batch_size_count{model="tiny-int8"} 2.0' in text
     assert 'tl2edge_batch_size_sum{model="tiny-int8"} 4.0' in text
