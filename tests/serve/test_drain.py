@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import reference, write_version
-from servekit import ServerThread, random_pixels
-from test_lifecycle import _start_cli
+from servekit import ServerThread, random_pixels, start_cli_server
 
 from tl2edge._proto import classifier_pb2 as cpb
 from tl2edge._proto import classifier_pb2_grpc as cpb_grpc
@@ -147,7 +146,7 @@ def test_health_watch_ends_at_drain(repo):
 def test_sigterm_with_full_stream_window_watch_and_unary_loses_nothing(tmp_path):
     repo = tmp_path / "repo"
     write_version(repo, "slow-fp32", 1, work=30)
-    proc, event = _start_cli(
+    proc, event = start_cli_server(
         ["--repository", str(repo), "--max-batch-size", "1", "--grace-s", "60"], tmp_path
     )
     address = event["address"]
