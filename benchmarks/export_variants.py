@@ -47,6 +47,8 @@ def make_run(
     on cached pooled features of the synthetic target images (seconds, not a training run)."""
     import keras
 
+    from tl2edge import rundir
+    from tl2edge.rundir import RunDir
     from tl2edge.synth import write_dataset
     from tl2edge.train.config import TrainConfig
     from tl2edge.train.data import load_data
@@ -84,13 +86,13 @@ def make_run(
         h = hidden.predict(split.train.x[:32].astype(np.float32), batch_size=8, verbose=0)
         kernel, bias = model.get_layer("probs").get_weights()
         model.get_layer("probs").set_weights([kernel, bias - (h @ kernel + bias).mean(axis=0)])
-    run = out / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
-    model.save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps(cfg.to_json()))
-    (run / "labels.json").write_text(json.dumps(list(split.classes)))
-    (run / "state.json").write_text(json.dumps({"status": "complete"}))
+    run = RunDir.create(out / "run", overwrite=True)
+    model.save(run.model_path)
+    run.write_config(cfg)
+    run.write_labels(split.classes)
+    run.write_split(split.saved_split())
+    run.write_state(rundir.COMPLETE)
+    run = run.path
     return run, what
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from tl2edge.export import bench, gates, repository
 from tl2edge.export import onnx as onnx_step
 from tl2edge.export.bundle import write_bundle
-from tl2edge.export.config import DEFAULT_VARIANTS, ExportConfig
+from tl2edge.export.config import ExportConfig
 from tl2edge.manifest import MODEL_FILE
 
 log = logging.getLogger("tl2edge.export")
@@ -73,41 +73,17 @@ class ExportResult:
 
 
 def export(
-    run_dir: str | Path,
-    *,
-    repository: str | Path,
-    name: str,
-    version: int | None = None,
-    variants: tuple[str, ...] | list[str] = DEFAULT_VARIANTS,
-    opset: int = 17,
-    calibration_dir: str | Path | None = None,
-    calibration_samples: int = 128,
-    calibration_method: str = "minmax",
-    quantization: str = "auto",
-    max_accuracy_drop: float = 1.0,
-    overwrite: bool = False,
-    bench_seconds: float = 2.0,
+    run_dir: str | Path, *, repository: str | Path, name: str, **options: Any
 ) -> ExportResult:
     """Export the run in `run_dir` to REPO/<name>-<variant>/<version>/ for each variant.
 
+    `options` are the other fields of `ExportConfig` (variants, opset, calibration_dir,
+    quantization, max_accuracy_drop, overwrite, allow_changed_data, ...), with its defaults.
     Raises UserError (nothing written) for bad input or a failed quality gate.
     """
-    cfg = ExportConfig(
-        run_dir=str(run_dir),
-        repository=str(repository),
-        name=name,
-        version=version,
-        variants=tuple(variants),
-        opset=opset,
-        calibration_dir=None if calibration_dir is None else str(calibration_dir),
-        calibration_samples=calibration_samples,
-        calibration_method=calibration_method,
-        quantization=quantization,
-        max_accuracy_drop=max_accuracy_drop,
-        bench_seconds=bench_seconds,
-        overwrite=overwrite,
+    return run_export(
+        ExportConfig(run_dir=str(run_dir), repository=str(repository), name=name, **options)
     )
-    return run_export(cfg)
 
 
 def run_export(cfg: ExportConfig) -> ExportResult:
@@ -124,7 +100,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     log.info("export %s as version %d", cfg, version)
 
     model = rundir.load_keras_model(run)
-    train, val = rundir.load_run_images(run)
+    train, val = rundir.load_run_images(run, allow_changed_data=cfg.allow_changed_data)
     calib_x = rundir.sample(calibration or train, cfg.calibration_samples, seed=cfg.seed)
 
     with repository.staging(repo) as stage:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probs"
+from tl2edge.manifest import INPUT_NAME, OUTPUT_NAME
+
 BATCH_DIM = "batch"
 MIN_OPSET, MAX_OPSET = 13, 18
 

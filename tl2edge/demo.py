@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tl2edge.errors import UserError
+from tl2edge.rundir import RunDir
 
 log = logging.getLogger("tl2edge.demo")
 
@@ -58,7 +58,7 @@ def _held_out_accuracy(
     folder = scan_image_folder(test_dir)
     x = np.stack([decode_rgb(p, size) for p, _ in folder.files]).astype(np.float32)
     y = np.array([label for _, label in folder.files])
-    probs = load_inference_model(run_dir / "model.keras").predict(x, verbose=0)
+    probs = load_inference_model(RunDir.open(run_dir).model_path).predict(x, verbose=0)
     return float((probs.argmax(1) == y).mean()), x, y
 
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     acc_transfer, _, y_test = _held_out_accuracy(transfer, test, size)
     acc_scratch, _, _ = _held_out_accuracy(scratch, test, size)
     val = {
-        name: json.loads((run / "run.json").read_text())["val_accuracy"]
+        name: RunDir.open(run).record()["val_accuracy"]
         for name, run in (("transfer", transfer), ("scratch", scratch))
     }
     epochs = args.epochs_head + args.epochs_finetune

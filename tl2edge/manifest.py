@@ -27,6 +27,10 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 METADATA_KEY = "tl2edge.manifest"
 VARIANTS = ("fp32", "int8", "fp16")
+# The tensor contract, the same in Keras and ONNX: raw RGB pixels in, probabilities out.
+INPUT_NAME = "image"
+OUTPUT_NAME = "probs"
+PREPROCESSING = "vgg16-caffe"
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Manifest:
     input: TensorSpec
     output: TensorSpec
     sha256: str
-    preprocessing: str = "vgg16-caffe, inside the graph: send raw RGB pixels 0..255, NHWC"
+    preprocessing: str = f"{PREPROCESSING}, inside the graph: send raw RGB pixels 0..255, NHWC"
     model_file: str = MODEL_FILE
     quantization: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -158,3 +162,4 @@ def list_models(repo: str | Path) -> dict[str, list[int]]:
         if p.is_dir() and not p.name.startswith(".")
     }
     return {name: versions for name, versions in found.items() if versions}
+

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="run dir to create (model.keras, labels.json, run.json, report.md, plots)",
+        help="run dir to create (Keras model, labels, split, run record, report.md, plots)",
     )
     p.add_argument(
         "--val-dir",
