@@ -11,7 +11,6 @@ already queued on a retired version finish on it before it is closed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -116,12 +115,8 @@ def _fingerprint(path: Path) -> tuple[int, ...]:
 
 def _manifest_for_file(path: Path, session: ort.InferenceSession) -> mf.Manifest:
     """A lone .onnx file: the manifest embedded by export, or one inferred from the graph."""
-    meta = session.get_modelmeta().custom_metadata_map
-    if mf.METADATA_KEY in meta:
-        try:
-            embedded = mf.Manifest.from_dict(json.loads(meta[mf.METADATA_KEY]))
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: embedded manifest is invalid: {exc}") from exc
+    embedded = mf.embedded_manifest(path, session.get_modelmeta().custom_metadata_map)
+    if embedded is not None:
         return embedded
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
     if len(inp.shape) != 4 or not all(isinstance(d, int) for d in inp.shape[1:]):
