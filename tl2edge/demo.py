@@ -63,9 +63,6 @@ def _held_out_accuracy(
 
 
 def run(args: argparse.Namespace) -> int:
-    from tl2edge.logs import quiet_tensorflow
-
-    quiet_tensorflow()
     t_start = time.perf_counter()
     out = Path(args.out)
     backbone = Path(args.backbone)

@@ -28,9 +28,6 @@ def run(args: argparse.Namespace) -> int:
     from tl2edge.rundir import RunDir
 
     model_file = RunDir.open(args.run_dir).model_path
-    from tl2edge.logs import quiet_tensorflow
-
-    quiet_tensorflow()
     from tl2edge.train.model import BACKBONE, load_inference_model
     from tl2edge.train.weights import save_backbone_npz
 

@@ -180,9 +180,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tl2edge.logs import quiet_tensorflow
-
-    quiet_tensorflow()
     cfg = config_from_args(args)
     from tl2edge.train.fit import train
 
