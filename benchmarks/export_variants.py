@@ -4,7 +4,7 @@
     nice .venv/bin/python benchmarks/export_variants.py --run-dir RUN      # a trained 224 run
 
 Without --run-dir a 224x224 run dir is made in build/bench-export: VGG16 with the shipped
-synthetic-source backbone (assets/vgg16_synth_source.npz; --random-init for none) and a
+synthetic-source backbone (tl2edge/assets/vgg16_synth_source.npz; --random-init for none) and a
 head fitted in seconds on cached pooled features of synthetic target images (5 classes x
 40: 160 train, of which 128 are the calibration set, 40 validation). Training VGG16 at 224
 on a CPU is out of this script's budget; the head fit gives a model with real, separated
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--run-dir", help="a trained run (default: made here, see --backbone)")
     parser.add_argument(
         "--backbone",
-        default=str(ROOT / "assets" / "vgg16_synth_source.npz"),
+        default=str(ROOT / "tl2edge" / "assets" / "vgg16_synth_source.npz"),
         help="backbone weights for the made run (default: the shipped synthetic-source one)",
     )
     parser.add_argument("--random-init", action="store_true", help="no backbone weights")

@@ -24,8 +24,6 @@ from tl2edge.rundir import RunDir
 
 log = logging.getLogger("tl2edge.demo")
 
-ROOT = Path(__file__).resolve().parent.parent
-BACKBONE = ROOT / "assets" / "vgg16_synth_source.npz"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backbone",
-        default=str(BACKBONE),
-        help="pretrained backbone (.npz); default: the shipped one",
+        help="pretrained backbone (.npz); default: the shipped one (package data)",
     )
     parser.add_argument(
         "--per-class", type=int, default=30, help="target images per class (default %(default)s)"
@@ -63,9 +60,17 @@ def _held_out_accuracy(
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.backbone:
+        return _run(args, Path(args.backbone))
+    from tl2edge.resources import SOURCE_BACKBONE, asset_path
+
+    with asset_path(SOURCE_BACKBONE) as backbone:
+        return _run(args, backbone)
+
+
+def _run(args: argparse.Namespace, backbone: Path) -> int:
     t_start = time.perf_counter()
     out = Path(args.out)
-    backbone = Path(args.backbone)
     if not backbone.is_file():
         raise UserError(
             f"pretrained backbone {backbone} is missing; rebuild it with `make source-backbone`"
