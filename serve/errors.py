@@ -41,10 +41,6 @@ class Unavailable(ServeError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class DeadlineExceeded(ServeError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
 class DeviceUnavailable(RuntimeError):
     """The requested execution provider cannot be used (start-up error, not per request)."""
 

@@ -172,7 +172,6 @@ class ModelRepository:
         runtime: RuntimeConfig | None = None,
         policy: VersionPolicy | None = None,
         batching: BatchConfig | None = None,
-        on_change: Callable[[ModelRepository], None] | None = None,
     ) -> None:
         self.source = Path(source)
         self.runtime = runtime or RuntimeConfig()
@@ -180,7 +179,6 @@ class ModelRepository:
         self.batching = batching or BatchConfig()
         self.models: dict[str, dict[int, LoadedModel]] = {}
         self.observers: list[Callable[[LoadedModel, int, list[float], float], None]] = []
-        self._on_change = on_change
         self._check = ProviderCheck(self.runtime)
         self._failed: dict[Path, tuple[int, ...]] = {}
         if not self.source.exists():
@@ -282,8 +280,6 @@ class ModelRepository:
                     asyncio.get_running_loop().create_task(self._retire(old))
         if changes:
             log.info("model repository changed", extra={"changes": "; ".join(changes)})
-            if self._on_change:
-                self._on_change(self)
         return changes
 
     async def _load(self, name: str, version: int, path: Path) -> LoadedModel:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import importlib.util
 import logging
 import sys
 
@@ -52,14 +51,6 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def _available(name: str) -> bool:
-    module = COMMANDS[name][0]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command`, only that subcommand's module is imported."""
     parser = argparse.ArgumentParser(
@@ -70,8 +61,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_options()
     for name, (module, help_text) in COMMANDS.items():
-        if not _available(name):
-            continue
         p = sub.add_parser(
             name,
             help=help_text,
