@@ -25,7 +25,6 @@ from tl2edge.rundir import RunDir
 log = logging.getLogger("tl2edge.demo")
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="demo-out", help="folder for everything the demo writes (replaced)"
