@@ -8,7 +8,7 @@ TL2EDGE := $(BIN)/tl2edge
 # Re-install when the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test lint format protos bench source-backbone image clean help
+.PHONY: demo test lint format protos bench source-backbone image clean help docs-figures
 
 help:
 	@echo "make demo             the whole pipeline on built-in synthetic data (CPU, a few minutes)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench            run the benchmarks, results in docs/benchmarks.md and benchmarks/results/"
 	@echo "make source-backbone  pretrain VGG16 on the synthetic source task -> tl2edge/assets/ (long on CPU)"
 	@echo "make image            build the serving container image with buildah"
+	@echo "make docs-figures     re-render docs/img/*.png from their .dot sources"
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Re-renders docs/img/*.png from their Graphviz sources (apt-get install graphviz).
+docs-figures:
+	scripts/render_docs.sh
 
 # Regenerates tl2edge/_proto from protos/ (grpcio-tools from the dev extra); a test fails when
 # the committed stubs are stale.
