@@ -127,28 +127,11 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         )
 
         quant_info = None
-        if "int8" in cfg.variants:
-            from tl2edge.export.select import choose_int8
-
-            files["int8"], quality["int8"], quant_info = choose_int8(
+        for variant in (v for v in ("int8", "fp16") if v in cfg.variants):
+            files[variant], quality[variant], info = _variant_builder(variant)(
                 cfg, stage, files["fp32"], calib_x, val.x, val.y, fp32_probs, quality["fp32"]
             )
-        if "fp16" in cfg.variants:
-            from tl2edge.export.fp16 import convert_fp16
-
-            files["fp16"] = stage / "fp16.onnx"
-            convert_fp16(files["fp32"], files["fp16"])
-            onnx_step.check(files["fp16"])
-            probs = bench.predict(bench.make_session(files["fp16"]), val.x)
-            quality["fp16"] = gates.measure_quality(probs, val.y, fp32_probs)
-            message = gates.accuracy_gate_message(
-                "fp16",
-                quality["fp16"],
-                fp32_accuracy=quality["fp32"].accuracy,
-                max_drop=cfg.max_accuracy_drop,
-            )
-            if message:
-                raise gates.GateFailed(message)
+            quant_info = info if variant == "int8" else quant_info
         t_variants = time.perf_counter() - t0
 
         sample_x = val.x[:8] if len(val.x) else calib_x[:8]
@@ -214,6 +197,19 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         repository.publish(moves, overwrite=cfg.overwrite)
     log.info("exported %s v%d in %.1f s", cfg.name, version, result.seconds)
     return result
+
+
+def _variant_builder(variant: str):
+    """The function that makes and gates a derived variant from the fp32 model; all share
+    one signature: (cfg, stage, fp32 file, calibration images, validation images, labels,
+    fp32 probabilities, fp32 quality) -> (file, quality, details or None)."""
+    if variant == "int8":
+        from tl2edge.export.select import choose_int8
+
+        return choose_int8
+    from tl2edge.export.fp16 import make_fp16
+
+    return make_fp16
 
 
 def _report_payload(
