@@ -104,27 +104,9 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     calib_x = rundir.sample(calibration or train, cfg.calibration_samples, seed=cfg.seed)
 
     with repository.staging(repo) as stage:
-        files = {"fp32": stage / "fp32.onnx"}
-        proto = onnx_step.convert_keras(model, opset=cfg.opset)
-        import onnx
-
-        onnx.save(proto, str(stage / "converted.onnx"))
-        del proto
-        onnx_step.check(stage / "converted.onnx")
-        onnx_step.optimize(stage / "converted.onnx", files["fp32"])
+        files = {"fp32": convert(model, stage, opset=cfg.opset)}
         t_convert = time.perf_counter() - t0
-
-        keras_probs = model.predict(val.x.astype(np.float32), batch_size=32, verbose=0)
-        keras_q = gates.measure_quality(keras_probs, val.y, keras_probs)
-        fp32_session = bench.make_session(files["fp32"], device="cpu")
-        fp32_probs = bench.predict(fp32_session, val.x)
-        quality = {"fp32": gates.measure_quality(fp32_probs, val.y, keras_probs)}
-        gates.check_parity(quality["fp32"], limit=cfg.max_abs_diff, opset=cfg.opset)
-        log.info(
-            "fp32: parity with Keras %.2e, accuracy %.2f%%",
-            quality["fp32"].max_abs_diff,
-            quality["fp32"].accuracy * 100,
-        )
+        keras_q, fp32_probs, quality = check_fp32(cfg, model, files["fp32"], val)
 
         quant_info = None
         for variant in (v for v in ("int8", "fp16") if v in cfg.variants):
@@ -136,42 +118,9 @@ def run_export(cfg: ExportConfig) -> ExportResult:
 
         sample_x = val.x[:8] if len(val.x) else calib_x[:8]
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        rows, moves = [], {}
-        for variant in (v for v in ("fp32", "int8", "fp16") if v in cfg.variants):
-            timings = bench.bench_session(
-                bench.make_session(files[variant]), sample_x, (1, 8), seconds=cfg.bench_seconds
-            )
-            bundle = stage / "bundles" / variant
-            bundle.mkdir(parents=True)
-            manifest = write_bundle(
-                bundle,
-                files[variant],
-                cfg=cfg,
-                run=run,
-                variant=variant,
-                version=version,
-                quality=quality[variant],
-                timings=timings,
-                quantization=(quant_info or {}).get("recipe") if variant == "int8" else None,
-                created=created,
-            )
-            rows.append(
-                VariantRow(
-                    variant=variant,
-                    model_name=manifest.name,
-                    version=version,
-                    path=repository.version_dir(repo, cfg.name, variant, version),
-                    size_bytes=(bundle / MODEL_FILE).stat().st_size,
-                    accuracy=quality[variant].accuracy,
-                    agreement=quality[variant].agreement,
-                    max_abs_diff=quality[variant].max_abs_diff,
-                    latency_p50_ms=timings[0].p50_ms,
-                    latency_p90_ms=timings[0].p90_ms,
-                    throughput_b8=timings[1].throughput,
-                    quantization=(quant_info or {}).get("chosen") if variant == "int8" else None,
-                )
-            )
-            moves[bundle] = rows[-1].path
+        rows, moves = make_bundles(
+            cfg, run, stage, files, quality, quant_info, version, sample_x, created
+        )
 
         result = ExportResult(
             repository=repo,
@@ -197,6 +146,87 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         repository.publish(moves, overwrite=cfg.overwrite)
     log.info("exported %s v%d in %.1f s", cfg.name, version, result.seconds)
     return result
+
+
+def convert(model: Any, stage: Path, *, opset: int) -> Path:
+    """Keras -> checked, optimized fp32 ONNX in `stage`."""
+    import onnx
+
+    converted, fp32 = stage / "converted.onnx", stage / "fp32.onnx"
+    onnx.save(onnx_step.convert_keras(model, opset=opset), str(converted))
+    onnx_step.check(converted)
+    onnx_step.optimize(converted, fp32)
+    return fp32
+
+
+def check_fp32(
+    cfg: ExportConfig, model: Any, fp32: Path, val: Any
+) -> tuple[gates.Quality, np.ndarray, dict[str, gates.Quality]]:
+    """The parity gate: fp32 ONNX vs Keras on the validation images. Returns (Keras quality,
+    fp32 probabilities, {"fp32": fp32 quality}) or raises GateFailed."""
+    keras_probs = model.predict(val.x.astype(np.float32), batch_size=32, verbose=0)
+    keras_q = gates.measure_quality(keras_probs, val.y, keras_probs)
+    fp32_probs = bench.predict(bench.make_session(fp32, device="cpu"), val.x)
+    quality = {"fp32": gates.measure_quality(fp32_probs, val.y, keras_probs)}
+    gates.check_parity(quality["fp32"], limit=cfg.max_abs_diff, opset=cfg.opset)
+    log.info(
+        "fp32: parity with Keras %.2e, accuracy %.2f%%",
+        quality["fp32"].max_abs_diff,
+        quality["fp32"].accuracy * 100,
+    )
+    return keras_q, fp32_probs, quality
+
+
+def make_bundles(
+    cfg: ExportConfig,
+    run: Any,
+    stage: Path,
+    files: dict[str, Path],
+    quality: dict[str, gates.Quality],
+    quant_info: dict[str, Any] | None,
+    version: int,
+    sample_x: np.ndarray,
+    created: str,
+) -> tuple[list[VariantRow], dict[Path, Path]]:
+    """Time each variant and write its bundle in `stage`; (rows, {bundle: version folder})."""
+    repo = Path(cfg.repository)
+    rows, moves = [], {}
+    for variant in (v for v in ("fp32", "int8", "fp16") if v in cfg.variants):
+        timings = bench.bench_session(
+            bench.make_session(files[variant]), sample_x, (1, 8), seconds=cfg.bench_seconds
+        )
+        bundle = stage / "bundles" / variant
+        bundle.mkdir(parents=True)
+        manifest = write_bundle(
+            bundle,
+            files[variant],
+            cfg=cfg,
+            run=run,
+            variant=variant,
+            version=version,
+            quality=quality[variant],
+            timings=timings,
+            quantization=(quant_info or {}).get("recipe") if variant == "int8" else None,
+            created=created,
+        )
+        rows.append(
+            VariantRow(
+                variant=variant,
+                model_name=manifest.name,
+                version=version,
+                path=repository.version_dir(repo, cfg.name, variant, version),
+                size_bytes=(bundle / MODEL_FILE).stat().st_size,
+                accuracy=quality[variant].accuracy,
+                agreement=quality[variant].agreement,
+                max_abs_diff=quality[variant].max_abs_diff,
+                latency_p50_ms=timings[0].p50_ms,
+                latency_p90_ms=timings[0].p90_ms,
+                throughput_b8=timings[1].throughput,
+                quantization=(quant_info or {}).get("chosen") if variant == "int8" else None,
+            )
+        )
+        moves[bundle] = rows[-1].path
+    return rows, moves
 
 
 def _variant_builder(variant: str):
