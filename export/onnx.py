@@ -90,14 +90,6 @@ def set_metadata(path: str | Path, props: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The model's metadata_props as a dict (what ORT's `modelmeta.custom_metadata_map` shows)."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 def metadata_for(manifest_dict: dict[str, Any]) -> dict[str, str]:
     """metadata_props for a bundle: the whole manifest, readable by `Manifest.from_dict`, with
     an empty sha256 (the file's hash changes with the props themselves), plus labels and
