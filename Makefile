@@ -8,15 +8,16 @@ TL2EDGE := $(BIN)/tl2edge
 # Re-install when the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test lint format protos bench source-backbone image clean help
+.PHONY: demo test lint format protos bench source-backbone image clean help docs-figures
 
 help:
 	@echo "make demo             the whole pipeline on built-in synthetic data (CPU, a few minutes)"
 	@echo "make test             lint + the test suite (CPU, about 20 minutes)"
 	@echo "make protos           regenerate the gRPC stubs from protos/"
 	@echo "make bench            run the benchmarks, results in docs/benchmarks.md and benchmarks/results/"
-	@echo "make source-backbone  pretrain VGG16 on the synthetic source task -> assets/ (long on CPU)"
+	@echo "make source-backbone  pretrain VGG16 on the synthetic source task -> tl2edge/assets/ (long on CPU)"
 	@echo "make image            build the serving container image with buildah"
+	@echo "make docs-figures     re-render docs/img/*.png from their .dot sources"
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,10 +39,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Re-renders docs/img/*.png from their Graphviz sources (apt-get install graphviz).
+docs-figures:
+	scripts/render_docs.sh
+
 # Regenerates tl2edge/_proto from protos/ (grpcio-tools from the dev extra); a test fails when
 # the committed stubs are stale.
 protos: $(STAMP)
-	$(BIN)/python -m tl2edge.serve.protogen
+	$(BIN)/python scripts/protogen.py
 
 # Heavy measurements (about 15 minutes on 2 cores); results in benchmarks/results/ and,
 # by hand, docs/benchmarks.md. The export benchmark writes the VGG16 int8 bundle that the
@@ -54,17 +59,17 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/serve_bench.py --vgg build/bench-export/repo/vgg16-int8/1 --out benchmarks/results/serve.json
 
 # Pretrains VGG16 from scratch on the synthetic source task and keeps its backbone as
-# assets/vgg16_synth_source.npz (float16, compressed) with its training report.
+# tl2edge/assets/vgg16_synth_source.npz (float16, compressed) with its training report.
 source-backbone: $(STAMP)
 	$(TL2EDGE) data synth build/source --task source --per-class 600 --size 32 --seed 0 --overwrite
 	$(TL2EDGE) train build/source --out build/source-run --weights none --image-size 32 --val-split 0.1 \
 	    --epochs-head 40 --epochs-finetune 0 --patience 6 --overwrite
-	$(TL2EDGE) backbone build/source-run assets/vgg16_synth_source.npz --overwrite
-	{ echo "<!-- written by make source-backbone: the training report of assets/vgg16_synth_source.npz -->"; \
+	$(TL2EDGE) backbone build/source-run tl2edge/assets/vgg16_synth_source.npz --overwrite
+	{ echo "<!-- written by make source-backbone: the training report of tl2edge/assets/vgg16_synth_source.npz -->"; \
 	  sed -e 's/(curves.png)/(vgg16_synth_source_curves.png)/' -e 's/(confusion.png)/(vgg16_synth_source_confusion.png)/' \
-	    build/source-run/report.md; } > assets/vgg16_synth_source.md
-	cp build/source-run/curves.png assets/vgg16_synth_source_curves.png
-	cp build/source-run/confusion.png assets/vgg16_synth_source_confusion.png
+	    build/source-run/report.md; } > tl2edge/assets/vgg16_synth_source.md
+	cp build/source-run/curves.png tl2edge/assets/vgg16_synth_source_curves.png
+	cp build/source-run/confusion.png tl2edge/assets/vgg16_synth_source_confusion.png
 
 # Serving image with buildah, as root, no Docker engine or registry needed; the Debian base
 # is debootstrapped once and cached. `make image VARIANT=gpu BASE_IMAGE=nvidia/cuda:...`

@@ -4,7 +4,7 @@
     nice .venv/bin/python benchmarks/export_variants.py --run-dir RUN      # a trained 224 run
 
 Without --run-dir a 224x224 run dir is made in build/bench-export: VGG16 with the shipped
-synthetic-source backbone (assets/vgg16_synth_source.npz; --random-init for none) and a
+synthetic-source backbone (tl2edge/assets/vgg16_synth_source.npz; --random-init for none) and a
 head fitted in seconds on cached pooled features of synthetic target images (5 classes x
 40: 160 train, of which 128 are the calibration set, 40 validation). Training VGG16 at 224
 on a CPU is out of this script's budget; the head fit gives a model with real, separated
@@ -47,6 +47,8 @@ def make_run(
     on cached pooled features of the synthetic target images (seconds, not a training run)."""
     import keras
 
+    from tl2edge import rundir
+    from tl2edge.rundir import RunDir
     from tl2edge.synth import write_dataset
     from tl2edge.train.config import TrainConfig
     from tl2edge.train.data import load_data
@@ -84,13 +86,13 @@ def make_run(
         h = hidden.predict(split.train.x[:32].astype(np.float32), batch_size=8, verbose=0)
         kernel, bias = model.get_layer("probs").get_weights()
         model.get_layer("probs").set_weights([kernel, bias - (h @ kernel + bias).mean(axis=0)])
-    run = out / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
-    model.save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps(cfg.to_json()))
-    (run / "labels.json").write_text(json.dumps(list(split.classes)))
-    (run / "state.json").write_text(json.dumps({"status": "complete"}))
+    run = RunDir.create(out / "run", overwrite=True)
+    model.save(run.model_path)
+    run.write_config(cfg)
+    run.write_labels(split.classes)
+    run.write_split(split.saved_split())
+    run.write_state(rundir.COMPLETE)
+    run = run.path
     return run, what
 
 
@@ -148,7 +150,7 @@ def main() -> None:
     parser.add_argument("--run-dir", help="a trained run (default: made here, see --backbone)")
     parser.add_argument(
         "--backbone",
-        default=str(ROOT / "assets" / "vgg16_synth_source.npz"),
+        default=str(ROOT / "tl2edge" / "assets" / "vgg16_synth_source.npz"),
         help="backbone weights for the made run (default: the shipped synthetic-source one)",
     )
     parser.add_argument("--random-init", action="store_true", help="no backbone weights")

@@ -23,7 +23,7 @@ import numpy as np
 from tl2edge.export import bench, gates, repository
 from tl2edge.export import onnx as onnx_step
 from tl2edge.export.bundle import write_bundle
-from tl2edge.export.config import DEFAULT_VARIANTS, ExportConfig
+from tl2edge.export.config import ExportConfig
 from tl2edge.manifest import MODEL_FILE
 
 log = logging.getLogger("tl2edge.export")
@@ -73,41 +73,17 @@ class ExportResult:
 
 
 def export(
-    run_dir: str | Path,
-    *,
-    repository: str | Path,
-    name: str,
-    version: int | None = None,
-    variants: tuple[str, ...] | list[str] = DEFAULT_VARIANTS,
-    opset: int = 17,
-    calibration_dir: str | Path | None = None,
-    calibration_samples: int = 128,
-    calibration_method: str = "minmax",
-    quantization: str = "auto",
-    max_accuracy_drop: float = 1.0,
-    overwrite: bool = False,
-    bench_seconds: float = 2.0,
+    run_dir: str | Path, *, repository: str | Path, name: str, **options: Any
 ) -> ExportResult:
     """Export the run in `run_dir` to REPO/<name>-<variant>/<version>/ for each variant.
 
+    `options` are the other fields of `ExportConfig` (variants, opset, calibration_dir,
+    quantization, max_accuracy_drop, overwrite, allow_changed_data, ...), with its defaults.
     Raises UserError (nothing written) for bad input or a failed quality gate.
     """
-    cfg = ExportConfig(
-        run_dir=str(run_dir),
-        repository=str(repository),
-        name=name,
-        version=version,
-        variants=tuple(variants),
-        opset=opset,
-        calibration_dir=None if calibration_dir is None else str(calibration_dir),
-        calibration_samples=calibration_samples,
-        calibration_method=calibration_method,
-        quantization=quantization,
-        max_accuracy_drop=max_accuracy_drop,
-        bench_seconds=bench_seconds,
-        overwrite=overwrite,
+    return run_export(
+        ExportConfig(run_dir=str(run_dir), repository=str(repository), name=name, **options)
     )
-    return run_export(cfg)
 
 
 def run_export(cfg: ExportConfig) -> ExportResult:
@@ -124,55 +100,20 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     log.info("export %s as version %d", cfg, version)
 
     model = rundir.load_keras_model(run)
-    train, val = rundir.load_run_images(run)
+    train, val = rundir.load_run_images(run, allow_changed_data=cfg.allow_changed_data)
     calib_x = rundir.sample(calibration or train, cfg.calibration_samples, seed=cfg.seed)
 
     with repository.staging(repo) as stage:
-        files = {"fp32": stage / "fp32.onnx"}
-        proto = onnx_step.convert_keras(model, opset=cfg.opset)
-        import onnx
-
-        onnx.save(proto, str(stage / "converted.onnx"))
-        del proto
-        onnx_step.check(stage / "converted.onnx")
-        onnx_step.optimize(stage / "converted.onnx", files["fp32"])
+        files = {"fp32": convert(model, stage, opset=cfg.opset)}
         t_convert = time.perf_counter() - t0
-
-        keras_probs = model.predict(val.x.astype(np.float32), batch_size=32, verbose=0)
-        keras_q = gates.measure_quality(keras_probs, val.y, keras_probs)
-        fp32_session = bench.make_session(files["fp32"], device="cpu")
-        fp32_probs = bench.predict(fp32_session, val.x)
-        quality = {"fp32": gates.measure_quality(fp32_probs, val.y, keras_probs)}
-        gates.check_parity(quality["fp32"], limit=cfg.max_abs_diff, opset=cfg.opset)
-        log.info(
-            "fp32: parity with Keras %.2e, accuracy %.2f%%",
-            quality["fp32"].max_abs_diff,
-            quality["fp32"].accuracy * 100,
-        )
+        keras_q, keras_probs, fp32_probs, quality = check_fp32(cfg, model, files["fp32"], val)
 
         quant_info = None
-        if "int8" in cfg.variants:
-            from tl2edge.export.select import choose_int8
-
-            files["int8"], quality["int8"], quant_info = choose_int8(
+        for variant in (v for v in ("int8", "fp16") if v in cfg.variants):
+            files[variant], quality[variant], info = _variant_builder(variant)(
                 cfg, stage, files["fp32"], calib_x, val.x, val.y, fp32_probs, quality["fp32"]
             )
-        if "fp16" in cfg.variants:
-            from tl2edge.export.fp16 import convert_fp16
-
-            files["fp16"] = stage / "fp16.onnx"
-            convert_fp16(files["fp32"], files["fp16"])
-            onnx_step.check(files["fp16"])
-            probs = bench.predict(bench.make_session(files["fp16"]), val.x)
-            quality["fp16"] = gates.measure_quality(probs, val.y, fp32_probs)
-            message = gates.accuracy_gate_message(
-                "fp16",
-                quality["fp16"],
-                fp32_accuracy=quality["fp32"].accuracy,
-                max_drop=cfg.max_accuracy_drop,
-            )
-            if message:
-                raise gates.GateFailed(message)
+            quant_info = info if variant == "int8" else quant_info
         t_variants = time.perf_counter() - t0
 
         from tl2edge.export import per_provider
@@ -188,43 +129,9 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         )
         sample_x = val.x[:8] if len(val.x) else calib_x[:8]
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        rows, moves = [], {}
-        for variant in (v for v in ("fp32", "int8", "fp16") if v in cfg.variants):
-            timings = bench.bench_session(
-                bench.make_session(files[variant]), sample_x, (1, 8), seconds=cfg.bench_seconds
-            )
-            bundle = stage / "bundles" / variant
-            bundle.mkdir(parents=True)
-            manifest = write_bundle(
-                bundle,
-                files[variant],
-                cfg=cfg,
-                run=run,
-                variant=variant,
-                version=version,
-                quality=quality[variant],
-                timings=timings,
-                quantization=(quant_info or {}).get("recipe") if variant == "int8" else None,
-                created=created,
-                providers=by_provider[variant],
-            )
-            rows.append(
-                VariantRow(
-                    variant=variant,
-                    model_name=manifest.name,
-                    version=version,
-                    path=repository.version_dir(repo, cfg.name, variant, version),
-                    size_bytes=(bundle / MODEL_FILE).stat().st_size,
-                    accuracy=quality[variant].accuracy,
-                    agreement=quality[variant].agreement,
-                    max_abs_diff=quality[variant].max_abs_diff,
-                    latency_p50_ms=timings[0].p50_ms,
-                    latency_p90_ms=timings[0].p90_ms,
-                    throughput_b8=timings[1].throughput,
-                    quantization=(quant_info or {}).get("chosen") if variant == "int8" else None,
-                )
-            )
-            moves[bundle] = rows[-1].path
+        rows, moves = make_bundles(
+            cfg, run, stage, files, quality, quant_info, version, sample_x, created, by_provider
+        )
 
         result = ExportResult(
             repository=repo,
@@ -251,6 +158,102 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         repository.publish(moves, overwrite=cfg.overwrite)
     log.info("exported %s v%d in %.1f s", cfg.name, version, result.seconds)
     return result
+
+
+def convert(model: Any, stage: Path, *, opset: int) -> Path:
+    """Keras -> checked, optimized fp32 ONNX in `stage`."""
+    import onnx
+
+    converted, fp32 = stage / "converted.onnx", stage / "fp32.onnx"
+    onnx.save(onnx_step.convert_keras(model, opset=opset), str(converted))
+    onnx_step.check(converted)
+    onnx_step.optimize(converted, fp32)
+    return fp32
+
+
+def check_fp32(
+    cfg: ExportConfig, model: Any, fp32: Path, val: Any
+) -> tuple[gates.Quality, np.ndarray, np.ndarray, dict[str, gates.Quality]]:
+    """The parity gate: fp32 ONNX vs Keras on the validation images. Returns (Keras quality,
+    Keras probabilities, fp32 probabilities, {"fp32": fp32 quality}) or raises GateFailed."""
+    keras_probs = model.predict(val.x.astype(np.float32), batch_size=32, verbose=0)
+    keras_q = gates.measure_quality(keras_probs, val.y, keras_probs)
+    fp32_probs = bench.predict(bench.make_session(fp32, device="cpu"), val.x)
+    quality = {"fp32": gates.measure_quality(fp32_probs, val.y, keras_probs)}
+    gates.check_parity(quality["fp32"], limit=cfg.max_abs_diff, opset=cfg.opset)
+    log.info(
+        "fp32: parity with Keras %.2e, accuracy %.2f%%",
+        quality["fp32"].max_abs_diff,
+        quality["fp32"].accuracy * 100,
+    )
+    return keras_q, keras_probs, fp32_probs, quality
+
+
+def make_bundles(
+    cfg: ExportConfig,
+    run: Any,
+    stage: Path,
+    files: dict[str, Path],
+    quality: dict[str, gates.Quality],
+    quant_info: dict[str, Any] | None,
+    version: int,
+    sample_x: np.ndarray,
+    created: str,
+    by_provider: dict[str, Any],
+) -> tuple[list[VariantRow], dict[Path, Path]]:
+    """Time each variant and write its bundle in `stage`; (rows, {bundle: version folder})."""
+    repo = Path(cfg.repository)
+    rows, moves = [], {}
+    for variant in (v for v in ("fp32", "int8", "fp16") if v in cfg.variants):
+        timings = bench.bench_session(
+            bench.make_session(files[variant]), sample_x, (1, 8), seconds=cfg.bench_seconds
+        )
+        bundle = stage / "bundles" / variant
+        bundle.mkdir(parents=True)
+        manifest = write_bundle(
+            bundle,
+            files[variant],
+            cfg=cfg,
+            run=run,
+            variant=variant,
+            version=version,
+            quality=quality[variant],
+            timings=timings,
+            quantization=(quant_info or {}).get("recipe") if variant == "int8" else None,
+            created=created,
+            providers=by_provider[variant],
+        )
+        rows.append(
+            VariantRow(
+                variant=variant,
+                model_name=manifest.name,
+                version=version,
+                path=repository.version_dir(repo, cfg.name, variant, version),
+                size_bytes=(bundle / MODEL_FILE).stat().st_size,
+                accuracy=quality[variant].accuracy,
+                agreement=quality[variant].agreement,
+                max_abs_diff=quality[variant].max_abs_diff,
+                latency_p50_ms=timings[0].p50_ms,
+                latency_p90_ms=timings[0].p90_ms,
+                throughput_b8=timings[1].throughput,
+                quantization=(quant_info or {}).get("chosen") if variant == "int8" else None,
+            )
+        )
+        moves[bundle] = rows[-1].path
+    return rows, moves
+
+
+def _variant_builder(variant: str):
+    """The function that makes and gates a derived variant from the fp32 model; all share
+    one signature: (cfg, stage, fp32 file, calibration images, validation images, labels,
+    fp32 probabilities, fp32 quality) -> (file, quality, details or None)."""
+    if variant == "int8":
+        from tl2edge.export.select import choose_int8
+
+        return choose_int8
+    from tl2edge.export.fp16 import make_fp16
+
+    return make_fp16
 
 
 def _report_payload(

@@ -46,28 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
 
 
-def resolve_model(model: str | Path) -> Path:
-    """The .onnx file MODEL names, or UserError."""
-    from tl2edge.manifest import MANIFEST, MODEL_FILE, list_versions, read_manifest
-
-    path = Path(model)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass a .onnx file or a repository entry")
-    if path.is_file():
-        if path.suffix != ".onnx":
-            raise UserError(f"{path} is not a .onnx file")
-        return path
-    if (path / MANIFEST).is_file():
-        return path / read_manifest(path, verify=False).model_file
-    if (path / MODEL_FILE).is_file():
-        return path / MODEL_FILE
-    versions = list_versions(path)
-    if versions:
-        version_dir = path / str(versions[-1])
-        return version_dir / read_manifest(version_dir, verify=False).model_file
-    raise UserError(f"{path} holds no {MODEL_FILE} and no version folders")
-
-
 def _batch_sizes(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
@@ -88,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be 0 (ORT default) or more, got {args.threads}")
     if args.seconds <= 0 or args.warmup < 0:
         raise UserError("--seconds must be positive and --warmup not negative")
+    from tl2edge.manifest import resolve_model
+
     path = resolve_model(args.model)
     import time
 

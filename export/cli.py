@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from tl2edge.errors import UserError
 from tl2edge.export.config import ExportConfig
 from tl2edge.export.quantize import CALIBRATION_METHODS, QUANTIZATION_CHOICES
 from tl2edge.manifest import VARIANTS
@@ -75,13 +74,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time spent per latency/throughput measurement in the report (default %(default)s)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="export even if the run's data dir changed since training (its saved split is "
+        "used with the files as they are now)",
+    )
 
 
 def parse_variants(text: str) -> tuple[str, ...]:
-    variants = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not variants:
-        raise UserError(f"--variants is empty; choose from {','.join(VARIANTS)}")
-    return variants
+    """'fp32, int8' -> ('fp32', 'int8'); ExportConfig checks what is listed."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         overwrite=args.overwrite,
         bench_seconds=args.bench_seconds,
+        allow_changed_data=args.allow_changed_data,
     )
     print(result.table())
     print(f"report: {result.rows[0].path / 'report.md'}")

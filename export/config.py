@@ -36,8 +36,12 @@ class ExportConfig:
     bench_seconds: float = 2.0  # per latency/throughput measurement in the report
     seed: int = 0  # picks the calibration images
     overwrite: bool = False
+    allow_changed_data: bool = False  # use the run's saved split even if the data dir changed
 
     def __post_init__(self) -> None:
+        for name in ("run_dir", "repository", "calibration_dir"):  # Paths are kept as strings
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
         variants = tuple(self.variants)
         object.__setattr__(self, "variants", variants)
         unknown = [v for v in variants if v not in VARIANTS]

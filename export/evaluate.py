@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from tl2edge.errors import UserError
 from tl2edge.images import BadImage, decode_rgb, scan_image_folder, unreadable_images_error
-from tl2edge.manifest import MANIFEST, METADATA_KEY, Manifest
+from tl2edge.manifest import MANIFEST, Manifest, manifest_of, resolve_model
 from tl2edge.metrics import classification_metrics, plot_confusion
 
 log = logging.getLogger("tl2edge.export")
@@ -61,19 +61,13 @@ class Evaluation:
 
 
 def _manifest_of(model_file: Path, session: Any) -> Manifest:
-    beside = model_file.parent / MANIFEST
-    try:
-        if beside.is_file():
-            return Manifest.from_dict(json.loads(beside.read_text()))
-        embedded = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if embedded:
-            return Manifest.from_dict(json.loads(embedded))
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise UserError(f"{model_file}: its manifest is invalid ({exc})") from exc
-    raise UserError(
-        f"{model_file} carries no tl2edge manifest (no {MANIFEST} beside it, none in its "
-        "metadata), so its labels are unknown; evaluate a model exported by `tl2edge export`"
-    )
+    found = manifest_of(model_file, session.get_modelmeta().custom_metadata_map)
+    if found is None:
+        raise UserError(
+            f"{model_file} carries no tl2edge manifest (no {MANIFEST} beside it, none in its "
+            "metadata), so its labels are unknown; evaluate a model exported by `tl2edge export`"
+        )
+    return found
 
 
 def evaluate(
@@ -96,7 +90,6 @@ def evaluate(
     UserError on bad input.
     """
     from tl2edge.export.bench import make_selection, predict
-    from tl2edge.export.bench_cli import resolve_model
     from tl2edge.serve.providers import auto_candidates
 
     if batch_size < 1:

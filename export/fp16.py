@@ -30,3 +30,25 @@ def convert_fp16(src: str | Path, dst: str | Path) -> None:
     wrapped = OnnxModel(half)
     wrapped.topological_sort()
     onnx.save(wrapped.model, str(dst))
+
+
+def make_fp16(
+    cfg, stage: Path, fp32_file: Path, calib_x, val_x, val_y, fp32_probs, fp32_quality
+) -> tuple[Path, object, None]:
+    """The fp16 variant, built and gated like int8 (`select.choose_int8`'s signature):
+    (model file, its quality vs fp32, None) or GateFailed. `calib_x` is unused."""
+    from tl2edge.export import bench, gates
+    from tl2edge.export import onnx as onnx_step
+
+    out = stage / "fp16.onnx"
+    convert_fp16(fp32_file, out)
+    onnx_step.check(out)
+    quality = gates.measure_quality(
+        bench.predict(bench.make_session(out), val_x), val_y, fp32_probs
+    )
+    message = gates.accuracy_gate_message(
+        "fp16", quality, fp32_accuracy=fp32_quality.accuracy, max_drop=cfg.max_accuracy_drop
+    )
+    if message:
+        raise gates.GateFailed(message)
+    return out, quality, None

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probs"
+from tl2edge.manifest import INPUT_NAME, OUTPUT_NAME
+
 BATCH_DIM = "batch"
 MIN_OPSET, MAX_OPSET = 13, 18
 
@@ -88,14 +88,6 @@ def set_metadata(path: str | Path, props: dict[str, str]) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The model's metadata_props as a dict (what ORT's `modelmeta.custom_metadata_map` shows)."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 def metadata_for(manifest_dict: dict[str, Any]) -> dict[str, str]:

@@ -10,13 +10,13 @@ Serving ignores dot-folders, so a staging folder is never mistaken for a model.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tl2edge.errors import UserError
+from tl2edge.fsutil import swap_in
 from tl2edge.manifest import list_versions
 
 
@@ -75,20 +75,14 @@ def publish(moves: dict[Path, Path], *, overwrite: bool) -> None:
     done: list[tuple[Path, Path, Path | None]] = []  # (built, target, old version moved aside)
     try:
         for built, target in moves.items():
-            old = None
-            if target.exists():
-                if not overwrite:
-                    raise UserError(f"{target} appeared during the export; pass --overwrite")
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                target.rename(old)
+            if target.exists() and not overwrite:
+                raise UserError(f"{target} appeared during the export; pass --overwrite")
             new_parent = not target.parent.exists()
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                built.rename(target)
+                old = swap_in(built, target)
             except BaseException:
-                if old is not None:
-                    old.rename(target)
-                elif new_parent:
+                if new_parent:
                     _remove_if_empty(target.parent)
                 raise
             done.append((built, target, old))

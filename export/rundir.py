@@ -1,11 +1,11 @@
-"""Reading a training run dir: its labels, config, Keras model and images.
+"""Export's reader of a training run dir (the contract is `tl2edge.rundir`): the Keras
+model and the images of the saved split.
 
-This is the only part of the export stage that needs TensorFlow (to load `model.keras`).
+This is the only part of the export stage that needs TensorFlow (to load the Keras model).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,19 +13,25 @@ from typing import Any
 
 import numpy as np
 
+from tl2edge import rundir
 from tl2edge.errors import UserError
 from tl2edge.images import IMAGE_EXTENSIONS, BadImage, decode_rgb
+from tl2edge.rundir import RunDir
 
 log = logging.getLogger("tl2edge.export")
-
-RUN_FILES = ("model.keras", "labels.json", "config.json", "state.json")
 
 
 @dataclass(frozen=True)
 class Run:
-    path: Path
+    """A complete run as export sees it (read once through `tl2edge.rundir.RunDir`)."""
+
+    dir: RunDir
     labels: tuple[str, ...]
     config: dict[str, Any]  # the run's TrainConfig as JSON
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
 
     @property
     def image_size(self) -> int:
@@ -33,42 +39,17 @@ class Run:
 
     @property
     def model_path(self) -> Path:
-        return self.path / "model.keras"
+        return self.dir.model_path
 
 
 def open_run(run_dir: str | Path) -> Run:
     """Check that `run_dir` is a finished training run, or raise UserError saying why not."""
-    path = Path(run_dir)
-    if not path.exists():
-        raise UserError(f"run dir {path} does not exist; pass the --out folder of `tl2edge train`")
-    if not path.is_dir():
-        raise UserError(f"run dir {path} is not a folder; pass the --out folder of `tl2edge train`")
-    missing = [f for f in RUN_FILES if not (path / f).is_file()]
-    if missing:
-        raise UserError(
-            f"{path} is not a tl2edge run dir: missing {', '.join(missing)} "
-            "(expected the --out folder of a finished `tl2edge train`)"
-        )
-    try:
-        state = json.loads((path / "state.json").read_text())
-        labels = json.loads((path / "labels.json").read_text())
-        config = json.loads((path / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: a run file is not valid JSON ({exc})") from exc
-    if state.get("status") != "complete":
-        raise UserError(
-            f"the run in {path} is not complete (status {state.get('status')!r}); "
-            f"finish it first: tl2edge train ... --out {path} --resume"
-        )
-    if not isinstance(labels, list) or len(labels) < 2:
-        raise UserError(f"{path}/labels.json must list at least 2 class names, got {labels!r}")
-    if "image_size" not in config or "data_dir" not in config:
-        raise UserError(f"{path}/config.json lacks image_size/data_dir; not a tl2edge run config")
-    return Run(path=path, labels=tuple(str(x) for x in labels), config=config)
+    run = RunDir.open(run_dir)
+    return Run(dir=run, labels=run.labels(), config=run.config_json())
 
 
 def load_keras_model(run: Run) -> Any:
-    """The run's inference model, checked against labels.json and the configured image size."""
+    """The run's inference model, checked against its labels and configured image size."""
     from tl2edge.train.model import load_inference_model
 
     try:
@@ -95,30 +76,49 @@ class Images:
     y: np.ndarray | None = None
 
 
-def load_run_images(run: Run) -> tuple[Images, Images]:
-    """(training, validation) images of the run, reproduced exactly as training split them."""
-    from tl2edge.train.data import load_data
+def load_run_images(run: Run, *, allow_changed_data: bool = False) -> tuple[Images, Images]:
+    """(training, validation) images of the run: the files of its saved split, after checking
+    that the data dir is what training saw (see `RunDir.check_data`)."""
+    from tl2edge.train.data import load_data, load_saved_split
 
-    cfg = run.config
-    data_dir = Path(cfg["data_dir"])
-    if not data_dir.is_dir():
-        raise UserError(
-            f"the run's data dir {data_dir} (from {run.path}/config.json) does not exist here; "
-            "the quality gates measure accuracy on its validation images: restore the folder "
-            "or re-create it at that path"
+    split = run.dir.check_data(allow_changed=allow_changed_data)
+    if split is not None:
+        train_files, val_files = run.dir.split_files(split)
+        missing = [str(p) for p, _ in train_files + val_files if not p.is_file()]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise UserError(
+                f"{len(missing)} file(s) of the run's saved split are gone: "
+                f"{', '.join(missing[:5])}{more}; restore the data dir as it was for training"
+            )
+        data = load_saved_split(split, train_files, val_files, image_size=run.image_size)
+    else:
+        cfg = run.config
+        log.warning(
+            "%s has no %s (written by an older tl2edge): replaying the split from %s",
+            run.path,
+            rundir.SPLIT,
+            rundir.CONFIG,
         )
-    data = load_data(
-        data_dir,
-        image_size=run.image_size,
-        val_dir=cfg.get("val_dir"),
-        val_split=float(cfg.get("val_split", 0.2)),
-        seed=int(cfg.get("seed", 42)),
-        skip_bad_images=True,
-    )
+        data = load_data(
+            cfg["data_dir"],
+            image_size=run.image_size,
+            val_dir=cfg.get("val_dir"),
+            val_split=float(cfg.get("val_split", 0.2)),
+            seed=int(cfg.get("seed", 42)),
+            skip_bad_images=True,
+        )
+        recorded = run.dir.record().get("data_fingerprint")
+        if recorded and recorded != data.fingerprint and not allow_changed_data:
+            raise UserError(
+                f"the data dir {cfg['data_dir']} changed since the run in {run.path} was trained "
+                "(its data fingerprint differs from run.json's); restore the folder as it was, or "
+                "pass --allow-changed-data"
+            )
     if tuple(data.classes) != run.labels:
         raise UserError(
-            f"the data dir {data_dir} now has classes {list(data.classes)}, but the run was "
-            f"trained on {list(run.labels)}; restore the folder as it was for training"
+            f"the data dir {run.config['data_dir']} now has classes {list(data.classes)}, but the "
+            f"run was trained on {list(run.labels)}; restore the folder as it was for training"
         )
     return Images(data.train.x), Images(data.val.x, data.val.y)
 

@@ -47,10 +47,6 @@ class NotAllowed(ServeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class DeadlineExceeded(ServeError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
 MAX_MESSAGE = 2000  # characters; a status message travels in a size-limited trailer
 
 

@@ -11,7 +11,6 @@ already queued on a retired version finish on it before it is closed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -128,12 +127,8 @@ def _fingerprint(path: Path) -> tuple[int, ...]:
 
 def _manifest_for_file(path: Path, session: ort.InferenceSession) -> mf.Manifest:
     """A lone .onnx file: the manifest embedded by export, or one inferred from the graph."""
-    meta = session.get_modelmeta().custom_metadata_map
-    if mf.METADATA_KEY in meta:
-        try:
-            embedded = mf.Manifest.from_dict(json.loads(meta[mf.METADATA_KEY]))
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: embedded manifest is invalid: {exc}") from exc
+    embedded = mf.embedded_manifest(path, session.get_modelmeta().custom_metadata_map)
+    if embedded is not None:
         return embedded
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
     if len(inp.shape) != 4 or not all(isinstance(d, int) for d in inp.shape[1:]):
@@ -193,7 +188,6 @@ class ModelRepository:
         runtime: RuntimeConfig | None = None,
         policy: VersionPolicy | None = None,
         batching: BatchConfig | None = None,
-        on_change: Callable[[ModelRepository], None] | None = None,
     ) -> None:
         self.source = Path(source)
         self.runtime = runtime or RuntimeConfig()
@@ -202,7 +196,6 @@ class ModelRepository:
         self.models: dict[str, dict[int, LoadedModel]] = {}
         self.aliases: dict[str, Alias] = {}  # plain export name -> variant model (serve.aliases)
         self.observers: list[Callable[[LoadedModel, int, list[float], float], None]] = []
-        self._on_change = on_change
         self._failed: dict[Path, tuple[int, ...]] = {}
         self.enabled: set[str] | None = None  # model control: only these names (None: all)
         # (name, version) -> why it is not served; start-up and reload skip such versions
@@ -348,8 +341,6 @@ class ModelRepository:
         if changes:
             log.info("model repository changed", extra={"changes": "; ".join(changes)})
             self.update_aliases()
-            if self._on_change:
-                self._on_change(self)
         return changes
 
     async def _load(self, name: str, version: int, path: Path) -> LoadedModel:

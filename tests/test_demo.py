@@ -8,12 +8,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tl2edge.demo import BACKBONE
 from tl2edge.manifest import read_manifest
+from tl2edge.resources import SOURCE_BACKBONE, asset
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path):
-    assert BACKBONE.is_file(), "the shipped backbone is missing: make source-backbone"
+    assert asset(SOURCE_BACKBONE).is_file(), "the shipped backbone is missing: make source-backbone"
     out = tmp_path / "demo"
     proc = subprocess.run(
         [

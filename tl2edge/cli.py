@@ -7,8 +7,8 @@ never pulls TensorFlow. Each module provides `add_arguments(parser)` and `run(ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import importlib.util
 import logging
 import sys
 
@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("tl2edge.client_cli_health", "exit 0 only if a server reports SERVING"),
     "demo": ("tl2edge.demo", "the whole pipeline on the built-in synthetic data"),
 }
+# Commands that may load TensorFlow: its C++ start-up lines are filtered unless --log-level DEBUG.
+TENSORFLOW_COMMANDS = ("train", "backbone", "export", "bench", "demo")
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -49,14 +51,6 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def _available(name: str) -> bool:
-    module = COMMANDS[name][0]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command`, only that subcommand's module is imported."""
     parser = argparse.ArgumentParser(
@@ -67,8 +61,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_options()
     for name, (module, help_text) in COMMANDS.items():
-        if not _available(name):
-            continue
         p = sub.add_parser(
             name,
             help=help_text,
@@ -86,12 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
 
-    from tl2edge.logs import setup_logging
+    from tl2edge.logs import quiet_tensorflow, setup_logging
 
     setup_logging(args.log_level, args.log_format)
+    quiet = (
+        quiet_tensorflow(args.log_level)
+        if args.command in TENSORFLOW_COMMANDS
+        else contextlib.nullcontext()
+    )
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.run(args) or 0)
+        with quiet:
+            return int(module.run(args) or 0)
     except UserError as exc:
         logging.getLogger("tl2edge").debug("user error", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)

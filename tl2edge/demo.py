@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import time
@@ -21,11 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from tl2edge.errors import UserError
+from tl2edge.rundir import RunDir
 
 log = logging.getLogger("tl2edge.demo")
-
-ROOT = Path(__file__).resolve().parent.parent
-BACKBONE = ROOT / "assets" / "vgg16_synth_source.npz"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backbone",
-        default=str(BACKBONE),
-        help="pretrained backbone (.npz); default: the shipped one",
+        help="pretrained backbone (.npz); default: the shipped one (package data)",
     )
     parser.add_argument(
         "--per-class", type=int, default=30, help="target images per class (default %(default)s)"
@@ -58,17 +54,22 @@ def _held_out_accuracy(
     folder = scan_image_folder(test_dir)
     x = np.stack([decode_rgb(p, size) for p, _ in folder.files]).astype(np.float32)
     y = np.array([label for _, label in folder.files])
-    probs = load_inference_model(run_dir / "model.keras").predict(x, verbose=0)
+    probs = load_inference_model(RunDir.open(run_dir).model_path).predict(x, verbose=0)
     return float((probs.argmax(1) == y).mean()), x, y
 
 
 def run(args: argparse.Namespace) -> int:
-    from tl2edge.logs import quiet_tensorflow
+    if args.backbone:
+        return _run(args, Path(args.backbone))
+    from tl2edge.resources import SOURCE_BACKBONE, asset_path
 
-    quiet_tensorflow()
+    with asset_path(SOURCE_BACKBONE) as backbone:
+        return _run(args, backbone)
+
+
+def _run(args: argparse.Namespace, backbone: Path) -> int:
     t_start = time.perf_counter()
     out = Path(args.out)
-    backbone = Path(args.backbone)
     if not backbone.is_file():
         raise UserError(
             f"pretrained backbone {backbone} is missing; rebuild it with `make source-backbone`"
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     acc_transfer, _, y_test = _held_out_accuracy(transfer, test, size)
     acc_scratch, _, _ = _held_out_accuracy(scratch, test, size)
     val = {
-        name: json.loads((run / "run.json").read_text())["val_accuracy"]
+        name: RunDir.open(run).record()["val_accuracy"]
         for name, run in (("transfer", transfer), ("scratch", scratch))
     }
     epochs = args.epochs_head + args.epochs_finetune

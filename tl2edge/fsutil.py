@@ -1,4 +1,4 @@
-"""Atomic writes: a folder is built under a temporary name and renamed into place."""
+"""Atomic folder writes: a folder is built under a temporary name and renamed into place."""
 
 from __future__ import annotations
 
@@ -10,6 +10,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tl2edge.errors import UserError
+
+
+def swap_in(built: Path, target: Path) -> Path | None:
+    """Rename `built` to `target`. An existing `target` is first renamed aside to a hidden
+    sibling, which is returned (the caller removes it, or renames it back to undo); on
+    failure everything is left as it was."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    try:
+        built.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    return old
 
 
 @contextlib.contextmanager
@@ -26,13 +43,9 @@ def atomic_dir(target: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        old = swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -27,6 +27,10 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 METADATA_KEY = "tl2edge.manifest"
 VARIANTS = ("fp32", "int8", "fp16")
+# The tensor contract, the same in Keras and ONNX: raw RGB pixels in, probabilities out.
+INPUT_NAME = "image"
+OUTPUT_NAME = "probs"
+PREPROCESSING = "vgg16-caffe"
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Manifest:
     input: TensorSpec
     output: TensorSpec
     sha256: str
-    preprocessing: str = "vgg16-caffe, inside the graph: send raw RGB pixels 0..255, NHWC"
+    preprocessing: str = f"{PREPROCESSING}, inside the graph: send raw RGB pixels 0..255, NHWC"
     model_file: str = MODEL_FILE
     quantization: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -179,3 +183,48 @@ def list_models(repo: str | Path) -> dict[str, list[int]]:
         if p.is_dir() and not p.name.startswith(".")
     }
     return {name: versions for name, versions in found.items() if versions}
+
+
+def resolve_model(model: str | Path) -> Path:
+    """The model file that MODEL names: a .onnx file, a version folder (REPO/NAME/VERSION: its
+    manifest's model file) or a model folder (REPO/NAME: its highest version). UserError if none."""
+    path = Path(model)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a .onnx file or a repository entry")
+    if path.is_file():
+        if path.suffix != ".onnx":
+            raise UserError(f"{path} is not a .onnx file")
+        return path
+    if (path / MANIFEST).is_file():
+        return path / read_manifest(path, verify=False).model_file
+    if (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
+    versions = list_versions(path)
+    if versions:
+        version_dir = path / str(versions[-1])
+        return version_dir / read_manifest(version_dir, verify=False).model_file
+    raise UserError(f"{path} holds no {MODEL_FILE} and no version folders")
+
+
+def embedded_manifest(model_file: str | Path, metadata: dict[str, str]) -> Manifest | None:
+    """The manifest export stores in an ONNX file's metadata_props (pass ONNX Runtime's
+    `session.get_modelmeta().custom_metadata_map`), or None; UserError if it is invalid."""
+    text = metadata.get(METADATA_KEY)
+    if not text:
+        return None
+    try:
+        return Manifest.from_dict(json.loads(text))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise UserError(f"{model_file}: embedded manifest is invalid: {exc}") from exc
+
+
+def manifest_of(model_file: str | Path, metadata: dict[str, str]) -> Manifest | None:
+    """The manifest of a model file: manifest.json beside it (a version folder), else the one
+    embedded in its metadata, else None. UserError if the one found is invalid."""
+    beside = Path(model_file).parent / MANIFEST
+    if beside.is_file():
+        try:
+            return Manifest.from_dict(json.loads(beside.read_text()))
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise UserError(f"{beside}: {exc}") from exc
+    return embedded_manifest(model_file, metadata)

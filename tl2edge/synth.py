@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tl2edge.errors import UserError
+from tl2edge.fsutil import atomic_dir
 
 SUPERSAMPLE = 4
 Draw = Callable[
@@ -239,9 +238,8 @@ def write_dataset(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # The check above refuses a non-empty folder; an empty one is simply replaced.
+    with atomic_dir(out, overwrite=True) as tmp:
         items = iter_dataset(task, per_class=per_class, size=size, seed=seed, classes=classes)
         total = per_class * (classes or available)
         if progress:
@@ -256,10 +254,4 @@ def write_dataset(
                 Image.fromarray(pixels).save(path, format="PNG")
             else:
                 Image.fromarray(pixels).save(path, format="JPEG", quality=95)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -12,7 +12,7 @@ log = logging.getLogger("tl2edge.train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a finished run dir (with model.keras)")
+    parser.add_argument("run_dir", help="a finished run dir (the --out of `tl2edge train`)")
     parser.add_argument(
         "out", help="output .npz (float16, compressed); use it with `tl2edge train --weights OUT`"
     )
@@ -25,12 +25,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: the backbone file must end in .npz")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
-    model_file = Path(args.run_dir) / "model.keras"
-    if not model_file.is_file():
-        raise UserError(f"{args.run_dir} is not a finished run dir (no model.keras)")
-    from tl2edge.logs import quiet_tensorflow
+    from tl2edge.rundir import RunDir
 
-    quiet_tensorflow()
+    model_file = RunDir.open(args.run_dir).model_path
     from tl2edge.train.model import BACKBONE, load_inference_model
     from tl2edge.train.weights import save_backbone_npz
 

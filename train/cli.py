@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="run dir to create (model.keras, labels.json, run.json, report.md, plots)",
+        help="run dir to create (Keras model, labels, split, run record, report.md, plots)",
     )
     p.add_argument(
         "--val-dir",
@@ -180,9 +180,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tl2edge.logs import quiet_tensorflow
-
-    quiet_tensorflow()
     cfg = config_from_args(args)
     from tl2edge.train.fit import train
 

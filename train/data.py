@@ -7,7 +7,6 @@ epoch never decodes a file again (a 224x224 image takes 150 KB, so 24 GB hold ~1
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from tl2edge.images import (
     scan_image_folder,
     unreadable_images_error,
 )
+from tl2edge.rundir import Fingerprint, SavedSplit, relative
 
 log = logging.getLogger("tl2edge.train")
 
@@ -31,7 +31,7 @@ log = logging.getLogger("tl2edge.train")
 class Split:
     x: np.ndarray  # uint8 [N, S, S, 3]
     y: np.ndarray  # int32 [N]
-    paths: list[str]
+    paths: list[str]  # relative to the folder the split was read from, '/'-separated
 
     def __len__(self) -> int:
         return len(self.y)
@@ -45,6 +45,15 @@ class Data:
     fingerprint: str
     bad_images: list[tuple[str, str]] = field(default_factory=list)
 
+    def saved_split(self) -> SavedSplit:
+        """What the run dir records of this split (split.json)."""
+        return SavedSplit(
+            classes=self.classes,
+            train=tuple(zip(self.train.paths, map(int, self.train.y), strict=True)),
+            val=tuple(zip(self.val.paths, map(int, self.val.y), strict=True)),
+            fingerprint=self.fingerprint,
+        )
+
     def summary(self) -> str:
         return (
             f"{len(self.classes)} classes, {len(self.train)} training and {len(self.val)} validation images"
@@ -52,21 +61,23 @@ class Data:
         )
 
 
-def _decode_folder(folder: ImageFolder, size: int, desc: str, digest: hashlib._Hash):
+def _decode_folder(folder: ImageFolder, size: int, desc: str, fingerprint: Fingerprint):
     xs, ys, paths, bad = [], [], [], []
     for path, label in tqdm(folder.files, desc=desc, unit="img", leave=False, mininterval=1.0):
         try:
             data = path.read_bytes()
-            pixels = decode_rgb(data, size)
-        except (BadImage, OSError) as exc:
+        except OSError as exc:
             bad.append((str(path), str(exc)))
             continue
-        digest.update(
-            str(path.relative_to(folder.root)).encode() + b"\0" + hashlib.sha256(data).digest()
-        )
+        fingerprint.add(relative(path, folder.root), data)
+        try:
+            pixels = decode_rgb(data, size)
+        except BadImage as exc:
+            bad.append((str(path), str(exc)))
+            continue
         xs.append(pixels)
         ys.append(label)
-        paths.append(str(path))
+        paths.append(relative(path, folder.root))
     x = np.stack(xs) if xs else np.zeros((0, size, size, 3), np.uint8)
     return Split(x, np.asarray(ys, np.int32), paths), bad
 
@@ -110,11 +121,13 @@ def load_data(
         )
     n_files = len(folder.files) + (len(val_folder.files) if val_folder else 0)
     _check_memory(n_files, image_size)
-    digest = hashlib.sha256()
-    everything, bad = _decode_folder(folder, image_size, "decoding images", digest)
+    fingerprint = Fingerprint()
+    everything, bad = _decode_folder(folder, image_size, "decoding images", fingerprint)
     val_bad: list[tuple[str, str]] = []
     if val_folder is not None:
-        val, val_bad = _decode_folder(val_folder, image_size, "decoding validation images", digest)
+        val, val_bad = _decode_folder(
+            val_folder, image_size, "decoding validation images", fingerprint
+        )
     bad += val_bad
     if bad and not skip_bad_images:
         raise unreadable_images_error(
@@ -136,7 +149,37 @@ def load_data(
         raise UserError(
             "no validation images: every class has a single image; add images or pass --val-dir"
         )
-    return Data(folder.classes, train, val, digest.hexdigest(), bad)
+    return Data(folder.classes, train, val, fingerprint.hexdigest(), bad)
+
+
+def load_saved_split(
+    split: SavedSplit,
+    train_files: list[tuple[Path, int]],
+    val_files: list[tuple[Path, int]],
+    *,
+    image_size: int,
+) -> Data:
+    """Decode the files of a run's saved split (export evaluates on exactly these)."""
+    _check_memory(len(train_files) + len(val_files), image_size)
+    decoded, bad = [], []
+    for files, desc, relpaths in (
+        (train_files, "decoding training images", split.train),
+        (val_files, "decoding validation images", split.val),
+    ):
+        xs = []
+        for path, _ in tqdm(files, desc=desc, unit="img", leave=False, mininterval=1.0):
+            try:
+                xs.append(decode_rgb(path, image_size))
+            except (BadImage, OSError) as exc:
+                bad.append((str(path), str(exc)))
+        x = np.stack(xs) if xs else np.zeros((0, image_size, image_size, 3), np.uint8)
+        y = np.asarray([label for _, label in files], np.int32)
+        decoded.append(Split(x, y, [p for p, _ in relpaths]))
+    if bad:
+        raise unreadable_images_error(
+            bad, "The run's saved split lists them; restore the data dir as it was for training."
+        )
+    return Data(split.classes, decoded[0], decoded[1], split.fingerprint)
 
 
 def available_memory_bytes() -> int | None:

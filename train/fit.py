@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import os
 import platform
@@ -25,13 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl2edge import __version__
+from tl2edge import __version__, rundir
 from tl2edge.errors import UserError
+from tl2edge.manifest import INPUT_NAME, OUTPUT_NAME, PREPROCESSING
+from tl2edge.rundir import RunDir
 from tl2edge.train.config import TrainConfig
 
 log = logging.getLogger("tl2edge.train")
-
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -51,42 +50,18 @@ def plan_phases(cfg: TrainConfig) -> list[Phase]:
     return [p for p in phases if p.epochs > 0]
 
 
-def _read_state(out: Path) -> dict:
-    path = out / "state.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_state(out: Path, **state) -> None:
-    tmp = out / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(out / "state.json")
-
-
 def _prepare_out(cfg: TrainConfig, out: Path, *, overwrite: bool, resume: bool) -> TrainConfig:
-    if resume:
-        state = _read_state(out)
-        if not state or not (out / "config.json").is_file():
-            raise UserError(
-                f"--resume: {out} holds no resumable run (no state.json/config.json); start it without --resume"
-            )
-        if state.get("status") == "complete":
-            raise UserError(f"--resume: the run in {out} is already complete; nothing to resume")
-        if not (out / CHECKPOINTS).is_dir():
-            raise UserError(
-                f"--resume: {out} has no checkpoint to resume from; start the run again with --overwrite"
-            )
-        saved = TrainConfig.load(out / "config.json")
-        if saved != cfg:
-            log.warning(
-                "--resume uses the configuration saved in %s/config.json; other flags given are ignored",
-                out,
-            )
-        return saved
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(
-            f"run dir {out} exists; pass --overwrite to replace it, --resume to continue it, or choose another --out"
+    """Check the run dir before any heavy work; on --resume, the config the run started with."""
+    if not resume:
+        RunDir.check_new(out, overwrite=overwrite)
+        return cfg
+    saved = RunDir.resume(out).train_config()
+    if saved != cfg:
+        log.warning(
+            "--resume uses the configuration saved in %s; other flags given are ignored",
+            out / rundir.CONFIG,
         )
-    return cfg
+    return saved
 
 
 @dataclass(frozen=True)
@@ -158,10 +133,20 @@ def train(
     """Train per `cfg` into run dir `out` and return it. Raises UserError on bad input."""
     out = Path(out)
     cfg = _prepare_out(cfg, out, overwrite=overwrite, resume=resume)
-
-    from tl2edge.train.data import class_weights, load_data
-
     t0 = time.perf_counter()
+    data = _load_data(cfg)
+    run, state = prepare(cfg, out, data, overwrite=overwrite, resume=resume)
+    timings = dict(state.get("timings", {}), data_s=round(time.perf_counter() - t0, 2))
+    done: list[str] = list(state.get("phases_done", []))
+    session = build(cfg, data)
+    fit_phases(cfg, run, session, done=done, timings=timings, resume=resume)
+    finalize(cfg, run, session, data, done=done, timings=timings)
+    return run.path
+
+
+def _load_data(cfg: TrainConfig):
+    from tl2edge.train.data import load_data
+
     data = load_data(
         cfg.data_dir,
         image_size=cfg.image_size,
@@ -171,21 +156,65 @@ def train(
         skip_bad_images=cfg.skip_bad_images,
     )
     log.info("data: %s", data.summary())
-    t_data = time.perf_counter() - t0
-    if overwrite and not resume and out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
-    (out / "labels.json").write_text(json.dumps(list(data.classes), indent=2))
-    state = _read_state(out) if resume else {}
-    done: list[str] = state.get("phases_done", [])
-    _write_state(out, status="running", phases_done=done)
+    return data
 
+
+def prepare(
+    cfg: TrainConfig, out: Path, data, *, overwrite: bool, resume: bool
+) -> tuple[RunDir, dict]:
+    """Create (or re-open) the run dir and record config, labels and the exact split."""
+    if not resume:
+        run = RunDir.create(out, overwrite=overwrite)
+        state: dict = {}
+    else:
+        run = RunDir.resume(out)
+        _check_same_data(run, data)
+        state = run.state()
+    run.write_config(cfg)
+    run.write_labels(data.classes)
+    run.write_split(data.saved_split())
+    run.write_state(rundir.RUNNING, phases_done=state.get("phases_done", []))
+    return run, state
+
+
+def _check_same_data(run: RunDir, data) -> None:
+    """--resume continues only on the data the run started with."""
+    saved = run.split()
+    classes = saved.classes if saved else run.labels()
+    if tuple(data.classes) != tuple(classes):
+        raise UserError(
+            f"--resume: the data dir now has classes {list(data.classes)}, but the run in "
+            f"{run.path} started with {list(classes)}; restore the folder, or start a new run "
+            "with --overwrite"
+        )
+    if saved is not None and saved.fingerprint != data.fingerprint:
+        raise UserError(
+            f"--resume: the data dir changed since the run in {run.path} started (data "
+            f"fingerprint {data.fingerprint[:12]} now, {saved.fingerprint[:12]} then): files were "
+            "added, removed or edited; restore the folder, or start a new run with --overwrite"
+        )
+
+
+@dataclass
+class Session:
+    """What the phases train: the inference model, the training wrapper, data and devices."""
+
+    model: object
+    trainer: object
+    strategy: object
+    device: dict
+    train_ds: object
+    val_ds: object
+    class_weights: dict[int, float] | None
+    weights_desc: str
+
+
+def build(cfg: TrainConfig, data) -> Session:
+    """Devices, datasets, class weights and the model with its backbone weights."""
     import keras
-    import tensorflow as tf
 
     from tl2edge.train import model as vgg
-    from tl2edge.train.data import make_dataset
+    from tl2edge.train.data import class_weights, make_dataset
     from tl2edge.train.weights import load_backbone_weights
 
     keras.utils.set_random_seed(cfg.seed)
@@ -200,7 +229,6 @@ def train(
             "unbalanced classes: using class weights %s",
             {data.classes[k]: round(v, 2) for k, v in weights_cw.items()},
         )
-
     with strategy.scope():
         model = vgg.build_model(
             len(data.classes),
@@ -213,19 +241,34 @@ def train(
             vgg.he_reinit(model, cfg.seed)
         trainer = vgg.training_model(model, augment=cfg.augment, seed=cfg.seed)
     log.info("model: %s; backbone weights: %s", cfg, weights_desc)
+    return Session(model, trainer, strategy, device, train_ds, val_ds, weights_cw, weights_desc)
 
-    timings: dict[str, float] = dict(state.get("timings", {}), data_s=round(t_data, 2))
-    ckpt = out / CHECKPOINTS
+
+def fit_phases(
+    cfg: TrainConfig,
+    run: RunDir,
+    session: Session,
+    *,
+    done: list[str],
+    timings: dict[str, float],
+    resume: bool,
+) -> None:
+    """Run each planned phase (skipping those a resumed run finished); Ctrl-C/SIGTERM leave
+    state "interrupted" and a checkpoint that --resume continues from."""
+    import keras
+
+    from tl2edge.train import model as vgg
+
+    ckpt = run.file(rundir.CHECKPOINTS)
     ckpt.mkdir(exist_ok=True)
     verbose = 1 if sys.stdout.isatty() else 2
-    initial_epoch = 0
+    trainer, strategy = session.trainer, session.strategy
     try:
         with _sigterm_as_interrupt():
             for phase in plan_phases(cfg):
                 phase_weights = ckpt / f"{phase.name}.weights.h5"
                 if phase.name in done and phase_weights.is_file():
                     trainer.load_weights(phase_weights)
-                    initial_epoch += phase.epochs
                     log.info("phase %s: already done, weights restored", phase.name)
                     continue
                 log.info(
@@ -238,18 +281,18 @@ def train(
                     else f"top {phase.backbone} block(s) trainable",
                 )
                 with strategy.scope():
-                    vgg.set_trainable(model, phase.backbone)
+                    vgg.set_trainable(session.model, phase.backbone)
                     trainer.compile(
                         optimizer=keras.optimizers.Adam(phase.lr),
                         loss="sparse_categorical_crossentropy",
                         metrics=["accuracy"],
-                        jit_compile=device["jit_compile"],
+                        jit_compile=session.device["jit_compile"],
                     )
                 # The log row is written before the backup marks the epoch done: an
                 # interruption in between repeats the epoch, and the history keeps the last row.
                 callbacks = [
                     keras.callbacks.CSVLogger(
-                        str(out / f"history-{phase.name}.csv"), append=resume
+                        str(run.file(f"history-{phase.name}.csv")), append=resume
                     ),
                     keras.callbacks.BackupAndRestore(str(ckpt / f"{phase.name}-backup")),
                     keras.callbacks.EarlyStopping(
@@ -259,15 +302,15 @@ def train(
                 if cfg.tensorboard:
                     callbacks.append(
                         keras.callbacks.TensorBoard(
-                            str(out / "tensorboard" / phase.name), profile_batch=0
+                            str(run.file(rundir.TENSORBOARD) / phase.name), profile_batch=0
                         )
                     )
                 t = time.perf_counter()
                 trainer.fit(
-                    train_ds,
-                    validation_data=val_ds,
+                    session.train_ds,
+                    validation_data=session.val_ds,
                     epochs=phase.epochs,
-                    class_weight=weights_cw,
+                    class_weight=session.class_weights,
                     callbacks=callbacks,
                     verbose=verbose,
                     shuffle=False,  # the dataset shuffles itself
@@ -277,18 +320,26 @@ def train(
                 )
                 trainer.save_weights(phase_weights)
                 done.append(phase.name)
-                _write_state(out, status="running", phases_done=done, timings=timings)
-                initial_epoch += phase.epochs
+                run.write_state(rundir.RUNNING, phases_done=done, timings=timings)
     except KeyboardInterrupt:
-        _write_state(out, status="interrupted", phases_done=done, timings=timings)
+        run.write_state(rundir.INTERRUPTED, phases_done=done, timings=timings)
         log.warning(
             "interrupted: the run in %s can be continued with: tl2edge train %s --out %s --resume",
-            out,
+            run.path,
             cfg.data_dir,
-            out,
+            run.path,
         )
         raise
 
+
+def finalize(
+    cfg: TrainConfig, run: RunDir, session: Session, data, *, done: list[str], timings: dict
+) -> None:
+    """Save the float32 inference model, the run record and the reports; mark the run complete."""
+    import keras
+    import tensorflow as tf
+
+    from tl2edge.train import model as vgg
     from tl2edge.train.report import write_reports
 
     keras.mixed_precision.set_global_policy("float32")
@@ -298,17 +349,18 @@ def train(
         dense_units=cfg.dense_units,
         dropout=cfg.dropout,
     )
-    inference.set_weights(model.get_weights())
-    tmp = out / "model.keras.tmp.keras"
+    inference.set_weights(session.model.get_weights())
+    tmp = run.file(rundir.MODEL + ".tmp.keras")
     inference.save(tmp)
-    tmp.replace(out / "model.keras")
+    tmp.replace(run.model_path)
 
-    history = _merge_history(out, [p.name for p in plan_phases(cfg)])
+    history = _merge_history(run, [p.name for p in plan_phases(cfg)])
+    weights_cw = session.class_weights
     run_record = {
         "tl2edge": __version__,
         "config": cfg.to_json(),
         "seed": cfg.seed,
-        "weights": weights_desc,
+        "weights": session.weights_desc,
         "classes": list(data.classes),
         "counts": {"train": len(data.train), "val": len(data.val)},
         "data_fingerprint": data.fingerprint,
@@ -316,7 +368,7 @@ def train(
             {data.classes[k]: round(v, 4) for k, v in weights_cw.items()} if weights_cw else None
         ),
         "bad_images": [{"path": p, "reason": r} for p, r in data.bad_images],
-        "device": device,
+        "device": session.device,
         "timings": timings,
         "versions": {
             "python": platform.python_version(),
@@ -325,27 +377,33 @@ def train(
             "platform": platform.platform(),
         },
         "input": {
-            "name": "image",
+            "name": INPUT_NAME,
             "shape": [None, cfg.image_size, cfg.image_size, 3],
             "range": [0, 255],
             "layout": "NHWC",
             "color": "RGB",
-            "preprocessing": "vgg16-caffe (inside the model)",
+            "preprocessing": f"{PREPROCESSING} (inside the model)",
         },
-        "output": {"name": "probs", "shape": [None, len(data.classes)]},
+        "output": {"name": OUTPUT_NAME, "shape": [None, len(data.classes)]},
     }
-    write_reports(out, inference, data, history, run_record, batch_size=cfg.batch_size)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    _write_state(out, status="complete", phases_done=done, timings=timings)
-    log.info("run dir ready: %s (model.keras, report.md, curves.png, confusion.png)", out)
-    return out
+    write_reports(run, inference, data, history, run_record, batch_size=cfg.batch_size)
+    shutil.rmtree(run.file(rundir.CHECKPOINTS), ignore_errors=True)
+    run.write_state(rundir.COMPLETE, phases_done=done, timings=timings)
+    log.info(
+        "run dir ready: %s (%s, %s, %s, %s)",
+        run.path,
+        rundir.MODEL,
+        rundir.REPORT,
+        rundir.CURVES,
+        rundir.CONFUSION,
+    )
 
 
-def _merge_history(out: Path, phases: list[str]) -> list[dict]:
+def _merge_history(run: RunDir, phases: list[str]) -> list[dict]:
     """Rows of every phase's CSV log (the last row per epoch), numbered across phases."""
     rows: list[dict] = []
     for name in phases:
-        path = out / f"history-{name}.csv"
+        path = run.file(f"history-{name}.csv")
         if not path.is_file():
             continue
         by_epoch: dict[int, dict] = {}
@@ -357,5 +415,5 @@ def _merge_history(out: Path, phases: list[str]) -> list[dict]:
                 by_epoch[int(row["epoch"])] = values
         for epoch in sorted(by_epoch):
             rows.append({"epoch": len(rows) + 1, "phase": name, **by_epoch[epoch]})
-    (out / "history.json").write_text(json.dumps(rows, indent=2))
+    rundir.write_json(run.file(rundir.HISTORY), rows)
     return rows

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from tl2edge import rundir
 from tl2edge.metrics import classification_metrics, plot_confusion
 
 
@@ -38,16 +38,16 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def write_reports(
-    out: Path, model, data, history: list[dict], run_record: dict, *, batch_size: int
+    run: rundir.RunDir, model, data, history: list[dict], run_record: dict, *, batch_size: int
 ) -> dict:
     probs = model.predict(data.val.x.astype(np.float32), batch_size=batch_size, verbose=0)
     metrics = classification_metrics(data.val.y, probs.argmax(axis=1), data.classes)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(history, out / "curves.png")
-    plot_confusion(metrics["confusion_matrix"], list(data.classes), out / "confusion.png")
+    rundir.write_json(run.file(rundir.METRICS), metrics)
+    plot_curves(history, run.file(rundir.CURVES))
+    plot_confusion(metrics["confusion_matrix"], list(data.classes), run.file(rundir.CONFUSION))
     run_record = {**run_record, "val_accuracy": metrics["accuracy"]}
-    (out / "run.json").write_text(json.dumps(run_record, indent=2))
-    (out / "report.md").write_text(_report_md(metrics, history, run_record))
+    run.write_record(run_record)
+    run.write_text(rundir.REPORT, _report_md(metrics, history, run_record))
     return metrics
 
 

@@ -112,13 +112,15 @@ def load_backbone_weights(model, spec: str) -> str:
     if not path.exists():
         raise UserError(f"--weights {spec}: no such file or run dir (or use imagenet | none)")
     if path.is_dir():
-        model_file = path / "model.keras"
-        if not model_file.is_file():
-            raise UserError(
-                f"--weights {spec} is a folder but not a finished run dir (no model.keras inside)"
-            )
+        from tl2edge.rundir import RunDir
         from tl2edge.train.model import load_inference_model
 
+        try:
+            model_file = RunDir.open(path).model_path
+        except UserError as exc:
+            raise UserError(
+                f"--weights {spec} is a folder but not a finished run dir: {exc}"
+            ) from exc
         try:
             source = load_inference_model(model_file).get_layer(BACKBONE)
         except (ValueError, OSError) as exc:

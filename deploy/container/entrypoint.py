@@ -19,7 +19,6 @@ runtime reaches the server's own handler and drains it.
 from __future__ import annotations
 
 import argparse
-import importlib.util  # noqa: F401  tl2edge.cli uses importlib.util without importing it
 import os
 import shlex
 import sys

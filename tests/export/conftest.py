@@ -8,7 +8,6 @@ Building the run takes seconds; the one shared export (fp32, int8, fp16) about a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -59,16 +58,21 @@ def _make_run(root: Path) -> Path:
         (data / label).mkdir(parents=True)
         for i in idx:
             Image.fromarray(images[i]).save(data / label / f"{label}_{i:04d}.png")
-    run = root / "run"
-    run.mkdir()
-    model.save(run / "model.keras")
+    from tl2edge import rundir
+    from tl2edge.train.data import load_data
+
     cfg = TrainConfig(
         data_dir=str(data), image_size=SIZE, weights="none", val_split=VAL_SPLIT, seed=3
     )
-    (run / "config.json").write_text(json.dumps(cfg.to_json()))
-    (run / "labels.json").write_text(json.dumps(list(LABELS)))
-    (run / "state.json").write_text(json.dumps({"status": "complete"}))
-    (run / "run.json").write_text(json.dumps({"classes": list(LABELS)}))
+    split = load_data(data, image_size=SIZE, val_split=VAL_SPLIT, seed=3)
+    run = rundir.RunDir.create(root / "run")
+    model.save(run.model_path)
+    run.write_config(cfg)
+    run.write_labels(LABELS)
+    run.write_split(split.saved_split())
+    run.write_record({"classes": list(LABELS), "data_fingerprint": split.fingerprint})
+    run.write_state(rundir.COMPLETE)
+    return run.path
     return run
 
 

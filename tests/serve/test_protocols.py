@@ -26,9 +26,12 @@ VENV = ROOT / ".cache" / "tritonclient-venv"
 
 def test_generated_stubs_are_up_to_date():
     pytest.importorskip("grpc_tools")
-    from tl2edge.serve.protogen import stale_files
+    import importlib.util
 
-    stale = stale_files()
+    spec = importlib.util.spec_from_file_location("protogen", ROOT / "scripts" / "protogen.py")
+    protogen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protogen)
+    stale = protogen.stale_files()
     assert not stale, f"run `make protos`: {stale} differ from protos/"
 
 

@@ -227,3 +227,40 @@ def test_sigterm_leaves_a_resumable_run(tmp_path, tiny_data, tiny_config):
         out / "history-scratch.csv"
     ).read_text()
     assert json.loads((done / "state.json").read_text())["status"] == "complete"
+
+
+def test_resume_refuses_changed_data(tmp_path, tiny_data, tiny_config):
+    from tl2edge import rundir
+    from tl2edge.train.data import load_data
+
+    cfg = tiny_config(tiny_data)
+    data = load_data(tiny_data, image_size=32, val_split=cfg.val_split, seed=cfg.seed)
+    run = rundir.RunDir.create(tmp_path / "run")
+    run.write_config(cfg)
+    run.write_labels(data.classes)
+    run.write_split(data.saved_split())
+    run.write_state(rundir.INTERRUPTED, phases_done=[])
+    run.file(rundir.CHECKPOINTS).mkdir()
+    saved = data.saved_split()
+    run.write_split(rundir.SavedSplit(saved.classes, saved.train, saved.val, "0" * 64))
+    with pytest.raises(UserError, match="data dir changed since the run"):
+        train(cfg, run.path, resume=True)
+    renamed = rundir.SavedSplit(("x", *saved.classes[1:]), saved.train, saved.val, data.fingerprint)
+    run.write_split(renamed)
+    with pytest.raises(UserError, match="now has classes"):
+        train(cfg, run.path, resume=True)
+    assert run.state()["status"] == rundir.INTERRUPTED  # nothing was touched
+
+
+def test_run_dir_records_the_split(base_run, tiny_data):
+    from tl2edge import rundir
+
+    run = rundir.RunDir.open(base_run)
+    split = run.split()
+    assert (
+        split.fingerprint == run.record()["data_fingerprint"] == rundir.data_fingerprint(tiny_data)
+    )
+    files = {p for p, _ in split.train} | {p for p, _ in split.val}
+    assert len(files) == len(split.train) + len(split.val) == 24
+    assert files == {p.relative_to(tiny_data).as_posix() for p in tiny_data.rglob("*.png")}
+    assert all(split.classes[y] == p.split("/")[0] for p, y in split.train + split.val)

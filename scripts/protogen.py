@@ -1,13 +1,15 @@
 """Regenerate the gRPC stubs in `tl2edge/_proto` from the sources in `protos/`.
 
-    .venv/bin/python -m tl2edge.serve.protogen            # what `make protos` runs
-    .venv/bin/python -m tl2edge.serve.protogen --out DIR  # elsewhere (the staleness test)
+    .venv/bin/python scripts/protogen.py            # what `make protos` runs
+    .venv/bin/python scripts/protogen.py --out DIR  # elsewhere
+
+A development tool: it is not part of the installed package.
 
 The .proto files keep their package paths (`inference/grpc_service.proto`, the name
 tritonclient's descriptors use too, minus the folder), but the Python modules land flat in
 one package and import each other relatively, so `tl2edge._proto` is self-contained and
 never shadows a top-level `inference` or `tl2edge` module. Needs grpcio-tools (the `dev`
-extra); the server itself never imports this module's dependencies.
+extra).
 """
 
 from __future__ import annotations
