@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tl2edge.train.config import TrainConfig
+from tl2edge.train.recipes import SCHEDULES, STRATEGIES
 
 D = TrainConfig.__dataclass_fields__
 
@@ -44,9 +45,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--strategy",
-        choices=["feature-extraction", "fine-tune"],
+        choices=STRATEGIES,
         default=_default("strategy"),
-        help="frozen backbone only, or head then top blocks unfrozen (default %(default)s)",
+        help="after the head phase: discriminative (all blocks, lower blocks at lower lr), "
+        "all-blocks (one lr), fine-tune (top --unfreeze-blocks only), feature-extraction "
+        "(head only); default %(default)s",
+    )
+    p.add_argument(
+        "--block-lr-ratio",
+        type=float,
+        default=_default("block_lr_ratio"),
+        help="discriminative: lr of each block relative to the block above it (default %(default)s)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=_default("schedule"),
+        help="lr schedule of the fine-tune phase (default %(default)s: 10%% linear warm-up, then cosine)",
     )
     p.add_argument(
         "--unfreeze-blocks",
@@ -64,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs-finetune",
         type=int,
         default=_default("epochs_finetune"),
-        help="epochs with the top blocks unfrozen (default %(default)s)",
+        help="epochs after the head phase, with blocks unfrozen (default %(default)s)",
     )
     p.add_argument(
         "--lr-head",
@@ -160,6 +175,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weights=args.weights,
         strategy=args.strategy,
         unfreeze_blocks=args.unfreeze_blocks,
+        block_lr_ratio=args.block_lr_ratio,
+        schedule=args.schedule,
         epochs_head=args.epochs_head,
         epochs_finetune=args.epochs_finetune,
         lr_head=args.lr_head,

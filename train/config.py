@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tl2edge.errors import UserError
+from tl2edge.train.recipes import SCHEDULES, STRATEGIES
 
-STRATEGIES = ("feature-extraction", "fine-tune")
 MIN_IMAGE_SIZE = 32  # VGG16 halves the image five times
 
 
@@ -24,7 +24,9 @@ class TrainConfig:
     image_size: int = 224
     weights: str = "imagenet"  # imagenet | none | PATH (weights file) | RUN_DIR
     strategy: str = "fine-tune"
-    unfreeze_blocks: int = 1
+    unfreeze_blocks: int = 1  # fine-tune only
+    block_lr_ratio: float = 0.5  # discriminative: each lower block's lr is this x the one above
+    schedule: str = "warmup-cosine"  # of the fine-tune phase: warmup-cosine | constant
     epochs_head: int = 10
     epochs_finetune: int = 10
     lr_head: float = 1e-3
@@ -54,6 +56,14 @@ class TrainConfig:
             raise UserError(
                 f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
             )
+        if self.schedule not in SCHEDULES:
+            raise UserError(
+                f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if not 0 < self.block_lr_ratio <= 1:
+            raise UserError(
+                f"--block-lr-ratio must be in (0, 1] (1: the same lr for every block), got {self.block_lr_ratio}"
+            )
         if not 1 <= self.unfreeze_blocks <= 5:
             raise UserError(
                 f"--unfreeze-blocks must be between 1 and 5 (VGG16 has five blocks), got {self.unfreeze_blocks}"
@@ -66,7 +76,11 @@ class TrainConfig:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.epochs_head < 0 or self.epochs_finetune < 0:
             raise UserError("--epochs-head and --epochs-finetune cannot be negative")
-        if self.epochs_head + (self.epochs_finetune if self.strategy == "fine-tune" else 0) == 0:
+        if (
+            self.epochs_head
+            + (self.epochs_finetune if self.strategy != "feature-extraction" else 0)
+            == 0
+        ):
             raise UserError("nothing to train: every phase has 0 epochs")
         for name in ("lr_head", "lr_finetune", "lr_scratch"):
             if not 0 < getattr(self, name) < 1:
@@ -100,6 +114,6 @@ class TrainConfig:
     def __str__(self) -> str:
         return (
             f"VGG16 {self.image_size}px, weights={self.weights}, strategy={self.strategy}"
-            f"{'' if self.strategy == 'feature-extraction' else f' (top {self.unfreeze_blocks} block(s))'}, "
+            f"{f' (top {self.unfreeze_blocks} block(s))' if self.strategy == 'fine-tune' else ''}, "
             f"epochs={self.epochs_head}+{self.epochs_finetune}, batch={self.batch_size}, seed={self.seed}"
         )

@@ -1,10 +1,7 @@
 """`train(config, out)`: the two-phase transfer-learning recipe, resumable, with a full run dir.
 
-Phases (each is one `fit` with its own optimizer):
-- weights given, strategy feature-extraction: `head` (backbone frozen);
-- weights given, strategy fine-tune: `head`, then `finetune` (top N VGG blocks unfrozen,
-  recompiled with a much lower learning rate);
-- `--weights none`: `scratch` (every layer trains, He-initialised), epochs_head + epochs_finetune.
+Phases (each is one `fit` with its own optimizer) come from `recipes.plan_phases`: `head`
+(backbone frozen), then `finetune` per --strategy; `--weights none` has one `scratch` phase.
 
 State lives in RUN_DIR/state.json; Keras' BackupAndRestore saves every epoch, so Ctrl-C or
 SIGTERM leaves a run that `--resume` continues from its last finished epoch.
@@ -28,27 +25,11 @@ from pathlib import Path
 from tl2edge import __version__
 from tl2edge.errors import UserError
 from tl2edge.train.config import TrainConfig
+from tl2edge.train.recipes import make_optimizer, plan_phases
 
 log = logging.getLogger("tl2edge.train")
 
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str
-    backbone: str | int  # see model.set_trainable
-    epochs: int
-    lr: float
-
-
-def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    if cfg.from_scratch:
-        return [Phase("scratch", "all", cfg.epochs_head + cfg.epochs_finetune, cfg.lr_scratch)]
-    phases = [Phase("head", "frozen", cfg.epochs_head, cfg.lr_head)]
-    if cfg.strategy == "fine-tune":
-        phases.append(Phase("finetune", cfg.unfreeze_blocks, cfg.epochs_finetune, cfg.lr_finetune))
-    return [p for p in phases if p.epochs > 0]
 
 
 def _read_state(out: Path) -> dict:
@@ -228,19 +209,13 @@ def train(
                     initial_epoch += phase.epochs
                     log.info("phase %s: already done, weights restored", phase.name)
                     continue
-                log.info(
-                    "phase %s: %d epoch(s), lr=%g, backbone %s",
-                    phase.name,
-                    phase.epochs,
-                    phase.lr,
-                    phase.backbone
-                    if isinstance(phase.backbone, str)
-                    else f"top {phase.backbone} block(s) trainable",
-                )
+                log.info("phase %s: %s", phase.name, phase.describe())
                 with strategy.scope():
                     vgg.set_trainable(model, phase.backbone)
                     trainer.compile(
-                        optimizer=keras.optimizers.Adam(phase.lr),
+                        optimizer=make_optimizer(
+                            phase, steps_per_epoch=-(-len(data.train) // cfg.batch_size)
+                        ),
                         loss="sparse_categorical_crossentropy",
                         metrics=["accuracy"],
                         jit_compile=device["jit_compile"],

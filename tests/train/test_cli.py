@@ -91,6 +91,7 @@ def test_existing_run_dir_and_resume_without_checkpoint(tmp_path, capsys, base_r
         ("--val-split", "1.5", "between 0 and 1"),
         ("--batch-size", "0", "at least 1"),
         ("--lr-head", "3", "between 0 and 1"),
+        ("--block-lr-ratio", "1.5", "in (0, 1]"),
     ],
 )
 def test_bad_options(tmp_path, capsys, tiny_data, flag, value, message):
