@@ -135,6 +135,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="early stopping patience on val loss (default %(default)s)",
     )
     p.add_argument(
+        "--baseline",
+        choices=["none", "scratch"],
+        default=_default("baseline"),
+        help="scratch: also train the same model from scratch with the same epochs (into "
+        "RUN_DIR/baseline-scratch) and report the transfer gain (default %(default)s)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=_default("seed"),
@@ -188,6 +195,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         augment=args.augment,
         class_weights=args.class_weights,
         patience=args.patience,
+        baseline=args.baseline,
         seed=args.seed,
         skip_bad_images=args.skip_bad_images,
         mixed_precision=args.mixed_precision,

@@ -38,6 +38,7 @@ class TrainConfig:
     augment: bool = False
     class_weights: str = "auto"  # auto: balanced weights when the classes are unbalanced | none
     patience: int = 3
+    baseline: str = "none"  # scratch: also train the same model from scratch, report the gain
     seed: int = 42
     skip_bad_images: bool = False
     mixed_precision: str = "auto"  # auto: on when a GPU is used | on | off
@@ -89,6 +90,13 @@ class TrainConfig:
                 )
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.baseline not in ("none", "scratch"):
+            raise UserError(f"--baseline must be none or scratch, got {self.baseline!r}")
+        if self.baseline == "scratch" and self.from_scratch:
+            raise UserError(
+                "--baseline scratch compares transfer with training from scratch; with "
+                "--weights none the run already is from scratch: drop one of the two"
+            )
         if self.class_weights not in ("auto", "none"):
             raise UserError(f"--class-weights must be auto or none, got {self.class_weights!r}")
         for name in ("mixed_precision", "jit_compile"):

@@ -312,6 +312,10 @@ def train(
     write_reports(out, inference, data, history, run_record, batch_size=cfg.batch_size)
     shutil.rmtree(ckpt, ignore_errors=True)
     _write_state(out, status="complete", phases_done=done, timings=timings)
+    if cfg.baseline == "scratch":
+        from tl2edge.train.baseline import run_baseline
+
+        run_baseline(cfg, out)
     log.info("run dir ready: %s (model.keras, report.md, curves.png, confusion.png)", out)
     return out
 

@@ -99,3 +99,46 @@ def test_discriminative_run_moves_every_block(base_run, tiny_data, tmp_path, tin
         "head",
         "finetune",
     ]
+
+
+def test_baseline_scratch_writes_both_results(base_run, tiny_data, tmp_path, tiny_config):
+    from tl2edge.train.fit import train
+
+    run = train(
+        tiny_config(tiny_data, weights=str(base_run), strategy="all-blocks", baseline="scratch"),
+        tmp_path / "run",
+    )
+    record = json.loads((run / "run.json").read_text())
+    scratch = json.loads((run / "baseline-scratch" / "run.json").read_text())
+    assert (run / "model.keras").is_file() and (run / "baseline-scratch" / "model.keras").is_file()
+    assert scratch["config"]["weights"] == "none" and scratch["config"]["baseline"] == "none"
+    assert scratch["config"]["epochs_head"] == 2  # the transfer run's 1 head + 1 fine-tune epoch
+    assert scratch["counts"] == record["counts"]  # same split
+    b = record["baseline"]
+    assert b["val_accuracy"] == scratch["val_accuracy"]
+    assert b["transfer_val_accuracy"] == record["val_accuracy"]
+    assert b["gain_points"] == pytest.approx(
+        100 * (record["val_accuracy"] - scratch["val_accuracy"]), abs=0.01
+    )
+    report = (run / "report.md").read_text()
+    assert f"Transfer gain: {b['gain_points']:+.1f} points" in report
+    with pytest.raises(UserError, match="--baseline scratch"):
+        tiny_config(tiny_data, baseline="scratch")  # weights none: nothing to compare
+
+
+def test_baseline_report_warns_when_scratch_wins():
+    from tl2edge.train.baseline import baseline_md
+
+    b = {
+        "kind": "scratch",
+        "run_dir": "baseline-scratch",
+        "epochs": 12,
+        "val_accuracy": 0.9,
+        "train_s": 10.0,
+        "transfer_val_accuracy": 0.6,
+        "transfer_train_s": 8.0,
+        "gain_points": -30.0,
+    }
+    text = baseline_md(b)
+    assert "-30.0 points" in text and "from scratch did better" in text
+    assert "did better" not in baseline_md({**b, "gain_points": 5.0, "val_accuracy": 0.55})
