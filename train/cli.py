@@ -153,6 +153,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train without unreadable images instead of stopping (counted in the report)",
     )
     p.add_argument(
+        "--data-pipeline",
+        choices=["auto", "memory", "stream"],
+        default=_default("data_pipeline"),
+        help="memory: decode once, keep in RAM; stream: decode the files every epoch in "
+        "parallel (data larger than memory); auto: stream only if memory would not hold it",
+    )
+    p.add_argument(
         "--mixed-precision",
         choices=["auto", "on", "off"],
         default="auto",
@@ -198,6 +205,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         baseline=args.baseline,
         seed=args.seed,
         skip_bad_images=args.skip_bad_images,
+        data_pipeline=args.data_pipeline,
         mixed_precision=args.mixed_precision,
         jit_compile=args.jit_compile,
         tensorboard=not args.no_tensorboard,

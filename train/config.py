@@ -41,6 +41,9 @@ class TrainConfig:
     baseline: str = "none"  # scratch: also train the same model from scratch, report the gain
     seed: int = 42
     skip_bad_images: bool = False
+    data_pipeline: str = (
+        "auto"  # memory | stream (decode files every epoch) | auto: stream if too big
+    )
     mixed_precision: str = "auto"  # auto: on when a GPU is used | on | off
     jit_compile: str = (
         "auto"  # auto: on when a GPU is used (XLA made CPU training 3x slower) | on | off
@@ -96,6 +99,10 @@ class TrainConfig:
             raise UserError(
                 "--baseline scratch compares transfer with training from scratch; with "
                 "--weights none the run already is from scratch: drop one of the two"
+            )
+        if self.data_pipeline not in ("auto", "memory", "stream"):
+            raise UserError(
+                f"--data-pipeline must be auto, memory or stream, got {self.data_pipeline!r}"
             )
         if self.class_weights not in ("auto", "none"):
             raise UserError(f"--class-weights must be auto or none, got {self.class_weights!r}")

@@ -150,6 +150,7 @@ def train(
         val_split=cfg.val_split,
         seed=cfg.seed,
         skip_bad_images=cfg.skip_bad_images,
+        pipeline=cfg.data_pipeline,
     )
     log.info("data: %s", data.summary())
     t_data = time.perf_counter() - t0
