@@ -31,9 +31,14 @@ RECIPES = {
     "fine-tune top 1, lr 1e-5, constant (old default)": dict(
         strategy="fine-tune", unfreeze_blocks=1, lr_finetune=1e-5, schedule="constant"
     ),
-    "fine-tune top 2, lr 1e-4, warm-up+cosine": dict(strategy="fine-tune", unfreeze_blocks=2),
-    "all-blocks, lr 1e-4, warm-up+cosine": dict(strategy="all-blocks"),
-    "discriminative x0.5, lr 1e-4, warm-up+cosine": dict(strategy="discriminative"),
+    "fine-tune top 2, lr 1e-4, warm-up+cosine": dict(
+        strategy="fine-tune", unfreeze_blocks=2, schedule="warmup-cosine"
+    ),
+    "all-blocks, lr 1e-4, constant (default)": dict(strategy="all-blocks"),
+    "all-blocks, lr 1e-4, warm-up+cosine": dict(strategy="all-blocks", schedule="warmup-cosine"),
+    "discriminative x0.5, lr 1e-4, warm-up+cosine": dict(
+        strategy="discriminative", schedule="warmup-cosine"
+    ),
 }
 
 

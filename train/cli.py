@@ -47,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strategy",
         choices=STRATEGIES,
         default=_default("strategy"),
-        help="after the head phase: discriminative (all blocks, lower blocks at lower lr), "
-        "all-blocks (one lr), fine-tune (top --unfreeze-blocks only), feature-extraction "
-        "(head only); default %(default)s",
+        help="after the head phase: all-blocks (every block at --lr-finetune), "
+        "discriminative (lower blocks at lower lr), fine-tune (top --unfreeze-blocks only), "
+        "feature-extraction (head only); default %(default)s",
     )
     p.add_argument(
         "--block-lr-ratio",
@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--schedule",
         choices=SCHEDULES,
         default=_default("schedule"),
-        help="lr schedule of the fine-tune phase (default %(default)s: 10%% linear warm-up, then cosine)",
+        help="lr schedule of the fine-tune phase; warmup-cosine: 10%% linear warm-up from "
+        "lr/10, then cosine to 0 (default %(default)s)",
     )
     p.add_argument(
         "--unfreeze-blocks",

@@ -23,14 +23,16 @@ class TrainConfig:
     val_split: float = 0.2
     image_size: int = 224
     weights: str = "imagenet"  # imagenet | none | PATH (weights file) | RUN_DIR
-    strategy: str = "fine-tune"
+    # all-blocks at 1e-4 after one head epoch: on data unlike the source, only the top block
+    # at 1e-5 stayed ~39 points below training from scratch, while all blocks matched it.
+    strategy: str = "all-blocks"
     unfreeze_blocks: int = 1  # fine-tune only
     block_lr_ratio: float = 0.5  # discriminative: each lower block's lr is this x the one above
-    schedule: str = "warmup-cosine"  # of the fine-tune phase: warmup-cosine | constant
-    epochs_head: int = 10
-    epochs_finetune: int = 10
+    schedule: str = "constant"  # of the fine-tune phase: constant | warmup-cosine
+    epochs_head: int = 1
+    epochs_finetune: int = 19
     lr_head: float = 1e-3
-    lr_finetune: float = 1e-5
+    lr_finetune: float = 1e-4
     lr_scratch: float = 1e-4  # --weights none: every layer trains from the start
     batch_size: int = 32
     dense_units: int = 256

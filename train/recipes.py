@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tl2edge.train.config import TrainConfig
 
-STRATEGIES = ("discriminative", "all-blocks", "fine-tune", "feature-extraction")
-SCHEDULES = ("warmup-cosine", "constant")
+STRATEGIES = ("all-blocks", "discriminative", "fine-tune", "feature-extraction")
+SCHEDULES = ("constant", "warmup-cosine")
 BLOCKS = ("block1", "block2", "block3", "block4", "block5")
 WARMUP_FRACTION = 0.1  # of a fine-tune phase's steps, linear from lr/10
 
