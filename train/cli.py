@@ -221,5 +221,14 @@ def run(args: argparse.Namespace) -> int:
     from tl2edge.train.fit import train
 
     out = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume)
+    from tl2edge.train.cluster import role
+
+    r = role()
+    if r is not None and not r.is_chief:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)  # a worker's temporary copy
+        print(f"{r.task_type} {r.index} done; the chief's run dir is the result")
+        return 0
     print(f"Next: tl2edge export {out} --repository models --name my-model")
     return 0

@@ -109,6 +109,10 @@ def _device_setup(cfg: TrainConfig):
         "mixed_precision": plan.mixed_precision,
         "jit_compile": plan.jit_compile,
     }
+    if plan.strategy == "multi-worker":
+        from tl2edge.train.cluster import role
+
+        device["workers"] = role().describe()
     log.info("device: %s", ", ".join(f"{k}={v}" for k, v in device.items()))
     if not gpus:
         log.info("no GPU found: training on the CPU%s", "" if plan.jit_compile else " without XLA")
@@ -137,7 +141,9 @@ def train(
     cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False
 ) -> Path:
     """Train per `cfg` into run dir `out` and return it. Raises UserError on bad input."""
-    out = Path(out)
+    from tl2edge.train.cluster import run_dir_for
+
+    out = run_dir_for(Path(out))  # multi-worker: only the chief writes --out
     cfg = _prepare_out(cfg, out, overwrite=overwrite, resume=resume)
 
     from tl2edge.train.data import class_weights, load_data
@@ -221,6 +227,10 @@ def train(
                         metrics=["accuracy"],
                         jit_compile=device["jit_compile"],
                     )
+                    if "workers" in device:
+                        from tl2edge.train.cluster import adapt_for_multi_worker
+
+                        adapt_for_multi_worker(trainer, cfg.image_size)
                 # The log row is written before the backup marks the epoch done: an
                 # interruption in between repeats the epoch, and the history keeps the last row.
                 callbacks = [
