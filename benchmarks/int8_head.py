@@ -46,12 +46,13 @@ def main() -> None:
     from tl2edge.export import rundir
     from tl2edge.export.bench import make_session
     from tl2edge.export.quantize import PRESETS, float_head, preprocess, quantize_int8
+    from tl2edge.rundir import RunDir
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.run_dir:
         run_dir = Path(args.run_dir)
-    elif (work / "run" / "model.keras").is_file():
+    elif RunDir.is_complete(work / "run"):
         run_dir = work / "run"
     else:
         print("making a 224x224 run dir (head fitted on pooled features) ...", flush=True)

@@ -70,10 +70,15 @@ def load_keras_model(run: Run) -> Any:
 
 @dataclass(frozen=True)
 class Images:
-    """Decoded uint8 images [N, S, S, 3] with labels (validation) or without (calibration)."""
+    """Decoded uint8 images [N, S, S, 3] with labels (validation) or without (calibration).
 
-    x: np.ndarray
+    A run trained on streamed data gives its training images as `paths` (x None): only the
+    calibration sample is decoded."""
+
+    x: np.ndarray | None
     y: np.ndarray | None = None
+    paths: tuple[str, ...] = ()
+    image_size: int = 0
 
 
 def load_run_images(run: Run, *, allow_changed_data: bool = False) -> tuple[Images, Images]:
@@ -120,6 +125,12 @@ def load_run_images(run: Run, *, allow_changed_data: bool = False) -> tuple[Imag
             f"the data dir {run.config['data_dir']} now has classes {list(data.classes)}, but the "
             f"run was trained on {list(run.labels)}; restore the folder as it was for training"
         )
+    if data.train.x is None:  # too big for memory: decode the validation images only
+        train = Images(None, paths=tuple(data.train.files()), image_size=run.image_size)
+        if data.val.x is None:
+            val_x = np.stack([decode_rgb(p, run.image_size) for p in data.val.files()])
+            return train, Images(val_x, data.val.y)
+        return train, Images(data.val.x, data.val.y)
     return Images(data.train.x), Images(data.val.x, data.val.y)
 
 
@@ -155,7 +166,10 @@ def load_calibration_dir(folder: str | Path, *, image_size: int) -> Images:
 
 def sample(images: Images, n: int, *, seed: int) -> np.ndarray:
     """Up to `n` images picked at random (seeded), in a stable order."""
-    if len(images.x) <= n:
-        return images.x
-    idx = np.sort(np.random.default_rng(seed).choice(len(images.x), n, replace=False))
-    return images.x[idx]
+    count = len(images.paths) if images.x is None else len(images.x)
+    idx = np.arange(count)
+    if count > n:
+        idx = np.sort(np.random.default_rng(seed).choice(count, n, replace=False))
+    if images.x is None:
+        return np.stack([decode_rgb(images.paths[i], images.image_size) for i in idx])
+    return images.x if count <= n else images.x[idx]

@@ -41,7 +41,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert (out / "evaluation-int8" / "confusion.png").is_file()
     assert "'shapes' resolves to shapes-int8" in text
     assert "KServe v2 ModelInfer" in text and "server stopped with exit code 0" in text
-    for run in ("transfer", "scratch"):
+    for run in ("transfer", "transfer/baseline-scratch"):
         assert (out / "runs" / run / "model.keras").is_file()
+    assert "Transfer gain" in (out / "runs" / "transfer" / "report.md").read_text()
     manifest = read_manifest(out / "models" / "shapes-int8" / "1")
     assert manifest.variant == "int8" and len(manifest.labels) == 5

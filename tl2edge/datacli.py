@@ -14,9 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder (created; refused if it exists and is not empty)")
     p.add_argument(
         "--task",
-        choices=["source", "target"],
+        choices=["source", "target", "glyphs"],
         default="target",
-        help="source: 10 shape/texture classes for pretraining; target: 5 other classes (default)",
+        help="source: 10 shape/texture classes for pretraining; target: 5 other classes (default); "
+        "glyphs: 10 digits/letters in matplotlib's DejaVu fonts, unlike the source (needs matplotlib)",
     )
     p.add_argument("--per-class", type=int, default=20, help="images per class (default 20)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")

@@ -6,6 +6,10 @@ Two tasks with disjoint classes:
 - `target`: five other classes built from the same visual vocabulary (edges, corners,
   curves, periodic textures), few images per class; the task the demo fine-tunes on, so
   that features learned on the source task visibly help.
+- `glyphs`: ten digits and letters drawn in the DejaVu fonts that ship with matplotlib
+  (sans, serif and mono, four styles each), with random size, position, rotation, stroke,
+  colours and blur: a far-domain task, unlike anything in the source task, to check that
+  transfer still holds when the target data does not look like the source.
 
 Every image has a textured, coloured background (gradient plus low-frequency noise), a
 foreground of random colour with enough contrast, random scale, position and rotation,
@@ -15,13 +19,14 @@ The same (task, seed, class, index) always gives the same pixels.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from tl2edge.errors import UserError
 from tl2edge.fsutil import atomic_dir
@@ -129,6 +134,57 @@ _STAR = [
 _ARROW = [(-1, -0.25), (0.2, -0.25), (0.2, -0.6), (1, 0), (0.2, 0.6), (0.2, 0.25), (-1, 0.25)]
 _HOURGLASS = [(-0.8, -1), (0.8, -1), (0.1, 0), (0.8, 1), (-0.8, 1), (-0.1, 0)]
 
+# Fixed file names, not a directory listing, so that the same seed draws the same fonts
+# whatever else a matplotlib release adds to its font folder.
+GLYPH_FONTS = tuple(
+    f"DejaVu{family}{style}.ttf"
+    for family in ("Sans", "Serif", "SansMono")
+    for style in (
+        ("", "-Bold", "-Italic", "-BoldItalic")
+        if family == "Serif"
+        else ("", "-Bold", "-Oblique", "-BoldOblique")
+    )
+)
+GLYPHS = "2347AEHKRX"
+
+
+def _font_dir() -> Path:
+    try:
+        import matplotlib  # only for its bundled fonts; imported here, not by the core
+    except ImportError as e:
+        raise UserError(
+            "the glyphs task draws with the DejaVu fonts that come with matplotlib; "
+            "install it with `pip install 'tl2edge[train]'` (or `pip install matplotlib`)"
+        ) from e
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+@functools.lru_cache(maxsize=256)
+def _font(name: str, pixels: int) -> ImageFont.FreeTypeFont:
+    path = _font_dir() / name
+    if not path.is_file():
+        raise UserError(f"font {path} is missing from the matplotlib installation")
+    return ImageFont.truetype(str(path), pixels)
+
+
+def _glyph(char: str) -> Draw:
+    def draw(d, rng, scale, centre, colour):
+        size = d.im.size[0]
+        font = _font(GLYPH_FONTS[int(rng.integers(len(GLYPH_FONTS)))], int(scale * 2.2))
+        stroke = int(rng.integers(0, max(1, int(scale * 0.12)) + 1))
+        mask = Image.new("L", (size, size), 0)
+        ImageDraw.Draw(mask).text(
+            centre, char, font=font, fill=255, anchor="mm", stroke_width=stroke, stroke_fill=255
+        )
+        mask = mask.rotate(
+            float(rng.uniform(-25, 25)), resample=Image.Resampling.BILINEAR, center=centre
+        )
+        mask = mask.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 0.08)) * scale))
+        d.bitmap((0, 0), mask, fill=colour)
+
+    return draw
+
+
 TASKS: dict[str, dict[str, Draw]] = {
     "source": {
         "circle": _circle,
@@ -149,6 +205,7 @@ TASKS: dict[str, dict[str, Draw]] = {
         "hourglass": _polygon(_HOURGLASS, math.pi / 8),
         "zigzag": _texture("zigzag"),
     },
+    "glyphs": {c: _glyph(c) for c in GLYPHS},
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tl2edge.train.config import TrainConfig
+from tl2edge.train.recipes import SCHEDULES, STRATEGIES
 
 D = TrainConfig.__dataclass_fields__
 
@@ -44,9 +45,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--strategy",
-        choices=["feature-extraction", "fine-tune"],
+        choices=STRATEGIES,
         default=_default("strategy"),
-        help="frozen backbone only, or head then top blocks unfrozen (default %(default)s)",
+        help="after the head phase: all-blocks (every block at --lr-finetune), "
+        "discriminative (lower blocks at lower lr), fine-tune (top --unfreeze-blocks only), "
+        "feature-extraction (head only); default %(default)s",
+    )
+    p.add_argument(
+        "--block-lr-ratio",
+        type=float,
+        default=_default("block_lr_ratio"),
+        help="discriminative: lr of each block relative to the block above it (default %(default)s)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=_default("schedule"),
+        help="lr schedule of the fine-tune phase; warmup-cosine: 10%% linear warm-up from "
+        "lr/10, then cosine to 0 (default %(default)s)",
     )
     p.add_argument(
         "--unfreeze-blocks",
@@ -64,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs-finetune",
         type=int,
         default=_default("epochs_finetune"),
-        help="epochs with the top blocks unfrozen (default %(default)s)",
+        help="epochs after the head phase, with blocks unfrozen (default %(default)s)",
     )
     p.add_argument(
         "--lr-head",
@@ -120,6 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="early stopping patience on val loss (default %(default)s)",
     )
     p.add_argument(
+        "--baseline",
+        choices=["none", "scratch"],
+        default=_default("baseline"),
+        help="scratch: also train the same model from scratch with the same epochs (into "
+        "RUN_DIR/baseline-scratch) and report the transfer gain (default %(default)s)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=_default("seed"),
@@ -129,6 +152,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-bad-images",
         action="store_true",
         help="train without unreadable images instead of stopping (counted in the report)",
+    )
+    p.add_argument(
+        "--data-pipeline",
+        choices=["auto", "memory", "stream"],
+        default=_default("data_pipeline"),
+        help="memory: decode once, keep in RAM; stream: decode the files every epoch in "
+        "parallel (data larger than memory); auto: stream only if memory would not hold it",
     )
     p.add_argument(
         "--mixed-precision",
@@ -160,6 +190,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weights=args.weights,
         strategy=args.strategy,
         unfreeze_blocks=args.unfreeze_blocks,
+        block_lr_ratio=args.block_lr_ratio,
+        schedule=args.schedule,
         epochs_head=args.epochs_head,
         epochs_finetune=args.epochs_finetune,
         lr_head=args.lr_head,
@@ -171,8 +203,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         augment=args.augment,
         class_weights=args.class_weights,
         patience=args.patience,
+        baseline=args.baseline,
         seed=args.seed,
         skip_bad_images=args.skip_bad_images,
+        data_pipeline=args.data_pipeline,
         mixed_precision=args.mixed_precision,
         jit_compile=args.jit_compile,
         tensorboard=not args.no_tensorboard,
@@ -184,5 +218,14 @@ def run(args: argparse.Namespace) -> int:
     from tl2edge.train.fit import train
 
     out = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume)
+    from tl2edge.train.cluster import role
+
+    r = role()
+    if r is not None and not r.is_chief:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)  # a worker's temporary copy
+        print(f"{r.task_type} {r.index} done; the chief's run dir is the result")
+        return 0
     print(f"Next: tl2edge export {out} --repository models --name my-model")
     return 0

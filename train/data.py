@@ -1,8 +1,13 @@
-"""Load an image folder into memory (decoded once, uint8) and feed it through tf.data.
+"""Load an image folder and feed it through tf.data, from memory or streamed from disk.
 
 Images are decoded with `tl2edge.images.decode_rgb`, the function the server uses too, so
-training and serving see the same pixels. The decoded uint8 arrays are the cache: an
-epoch never decodes a file again (a 224x224 image takes 150 KB, so 24 GB hold ~150k).
+training and serving see the same pixels. Two pipelines (`--data-pipeline`):
+- memory: decoded once into uint8 arrays, which are the cache: an epoch never decodes a file
+  again (a 224x224 image takes 150 KB, so 24 GB hold ~150k);
+- stream: for data larger than memory; every file is checked and fingerprinted up front
+  (decoded, not kept), then each epoch reads and decodes the files in parallel in tf.data,
+  with the same shuffling as the memory path, so the batches are the same for a seed.
+`auto` (the default) streams only when the decoded images would not fit in 70 % of RAM.
 """
 
 from __future__ import annotations
@@ -27,11 +32,21 @@ from tl2edge.rundir import Fingerprint, SavedSplit, relative
 log = logging.getLogger("tl2edge.train")
 
 
+PIPELINES = ("auto", "memory", "stream")
+MEMORY_FRACTION = 0.7
+
+
 @dataclass
 class Split:
-    x: np.ndarray  # uint8 [N, S, S, 3]
+    x: np.ndarray | None  # uint8 [N, S, S, 3]; None when streamed from `paths`
     y: np.ndarray  # int32 [N]
-    paths: list[str]  # relative to the folder the split was read from, '/'-separated
+    paths: list[str]  # relative to `root`, '/'-separated (what split.json records)
+    image_size: int = 0
+    root: str = ""  # the folder the paths are relative to (streamed splits read from it)
+
+    def files(self) -> list[str]:
+        """Absolute paths of the images, in order."""
+        return [str(Path(self.root) / p) for p in self.paths]
 
     def __len__(self) -> int:
         return len(self.y)
@@ -58,10 +73,13 @@ class Data:
         return (
             f"{len(self.classes)} classes, {len(self.train)} training and {len(self.val)} validation images"
             + (f", {len(self.bad_images)} unreadable skipped" if self.bad_images else "")
+            + (", streamed from disk" if self.train.x is None else ", in memory")
         )
 
 
-def _decode_folder(folder: ImageFolder, size: int, desc: str, fingerprint: Fingerprint):
+def _decode_folder(
+    folder: ImageFolder, size: int, desc: str, fingerprint: Fingerprint, *, keep: bool = True
+):
     xs, ys, paths, bad = [], [], [], []
     for path, label in tqdm(folder.files, desc=desc, unit="img", leave=False, mininterval=1.0):
         try:
@@ -75,11 +93,15 @@ def _decode_folder(folder: ImageFolder, size: int, desc: str, fingerprint: Finge
         except BadImage as exc:
             bad.append((str(path), str(exc)))
             continue
-        xs.append(pixels)
+        if keep:
+            xs.append(pixels)
         ys.append(label)
         paths.append(relative(path, folder.root))
+    root = str(folder.root)
+    if not keep:
+        return Split(None, np.asarray(ys, np.int32), paths, size, root), bad
     x = np.stack(xs) if xs else np.zeros((0, size, size, 3), np.uint8)
-    return Split(x, np.asarray(ys, np.int32), paths), bad
+    return Split(x, np.asarray(ys, np.int32), paths, size, root), bad
 
 
 def _stratified_split(
@@ -97,7 +119,13 @@ def _stratified_split(
 
     def take(indices) -> Split:
         indices = np.sort(np.asarray(indices, dtype=np.int64))
-        return Split(split.x[indices], split.y[indices], [split.paths[i] for i in indices])
+        return Split(
+            None if split.x is None else split.x[indices],
+            split.y[indices],
+            [split.paths[i] for i in indices],
+            split.image_size,
+            split.root,
+        )
 
     return take(train_idx), take(val_idx)
 
@@ -110,8 +138,13 @@ def load_data(
     val_split: float = 0.2,
     seed: int = 42,
     skip_bad_images: bool = False,
+    pipeline: str = "auto",
 ) -> Data:
-    """Decode the training (and validation) images, or raise UserError saying what is wrong."""
+    """Decode the training (and validation) images, or raise UserError saying what is wrong.
+
+    pipeline: memory (keep the decoded pixels), stream (check and fingerprint every file,
+    keep only paths) or auto (memory if it fits in 70 % of the available RAM, else stream).
+    """
     folder = scan_image_folder(data_dir, what="data dir")
     val_folder = scan_image_folder(val_dir, what="--val-dir") if val_dir else None
     if val_folder is not None and val_folder.classes != folder.classes:
@@ -120,13 +153,14 @@ def load_data(
             f"{list(folder.classes)}; both need the same class folders"
         )
     n_files = len(folder.files) + (len(val_folder.files) if val_folder else 0)
-    _check_memory(n_files, image_size)
+    keep = choose_pipeline(pipeline, n_files, image_size) == "memory"
     fingerprint = Fingerprint()
-    everything, bad = _decode_folder(folder, image_size, "decoding images", fingerprint)
+    desc = "decoding images" if keep else "checking images (streamed later)"
+    everything, bad = _decode_folder(folder, image_size, desc, fingerprint, keep=keep)
     val_bad: list[tuple[str, str]] = []
     if val_folder is not None:
         val, val_bad = _decode_folder(
-            val_folder, image_size, "decoding validation images", fingerprint
+            val_folder, image_size, f"{desc}, validation", fingerprint, keep=keep
         )
     bad += val_bad
     if bad and not skip_bad_images:
@@ -159,13 +193,18 @@ def load_saved_split(
     *,
     image_size: int,
 ) -> Data:
-    """Decode the files of a run's saved split (export evaluates on exactly these)."""
-    _check_memory(len(train_files) + len(val_files), image_size)
+    """Decode the files of a run's saved split (export evaluates on exactly these). When
+    they would not fit in memory, the training images stay on disk (x None, absolute paths)."""
+    stream = choose_pipeline("auto", len(train_files) + len(val_files), image_size) == "stream"
     decoded, bad = [], []
-    for files, desc, relpaths in (
-        (train_files, "decoding training images", split.train),
-        (val_files, "decoding validation images", split.val),
+    for files, desc, relpaths, lazy in (
+        (train_files, "decoding training images", split.train, stream),
+        (val_files, "decoding validation images", split.val, False),
     ):
+        y = np.asarray([label for _, label in files], np.int32)
+        if lazy:
+            decoded.append(Split(None, y, [str(p) for p, _ in files], image_size))
+            continue
         xs = []
         for path, _ in tqdm(files, desc=desc, unit="img", leave=False, mininterval=1.0):
             try:
@@ -173,8 +212,7 @@ def load_saved_split(
             except (BadImage, OSError) as exc:
                 bad.append((str(path), str(exc)))
         x = np.stack(xs) if xs else np.zeros((0, image_size, image_size, 3), np.uint8)
-        y = np.asarray([label for _, label in files], np.int32)
-        decoded.append(Split(x, y, [p for p, _ in relpaths]))
+        decoded.append(Split(x, y, [p for p, _ in relpaths], image_size))
     if bad:
         raise unreadable_images_error(
             bad, "The run's saved split lists them; restore the data dir as it was for training."
@@ -194,16 +232,33 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def _check_memory(n_images: int, image_size: int) -> None:
-    """Refuse before decoding when the decoded images would not fit in memory."""
+def choose_pipeline(pipeline: str, n_images: int, image_size: int) -> str:
+    """memory or stream; memory is refused before decoding when it would not fit."""
+    if pipeline not in PIPELINES:
+        raise UserError(f"--data-pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+    if pipeline == "stream":
+        return "stream"
     need = n_images * image_size * image_size * 3
     available = available_memory_bytes()
-    if available is not None and need > 0.7 * available:
+    fits = available is None or need <= MEMORY_FRACTION * available
+    if pipeline == "auto":
+        if not fits:
+            log.info(
+                "%d decoded images (%.1f GiB) would not fit in memory (%.1f GiB available): "
+                "streaming them from disk",
+                n_images,
+                need / 2**30,
+                available / 2**30,
+            )
+        return "memory" if fits else "stream"
+    if not fits:
         raise UserError(
             f"{n_images} images at {image_size}x{image_size} need {need / 2**30:.1f} GiB decoded, "
-            f"but only {available / 2**30:.1f} GiB of memory is available (tl2edge keeps the decoded "
-            "images in memory, at most 70 % of it); use a smaller --image-size or fewer images"
+            f"but only {available / 2**30:.1f} GiB of memory is available (--data-pipeline memory "
+            "keeps the decoded images in memory, at most 70 % of it); use --data-pipeline stream "
+            "(or auto), a smaller --image-size or fewer images"
         )
+    return "memory"
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float] | None:
@@ -216,12 +271,30 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float] | None:
 
 
 def make_dataset(split: Split, *, batch_size: int, training: bool, seed: int):
-    """A tf.data pipeline over decoded arrays: shuffle (training), batch, float cast, prefetch."""
+    """A tf.data pipeline: shuffle (training), decode (streamed splits), batch, float cast, prefetch.
+
+    Both pipelines shuffle the same N indices with the same seed, so they give the same
+    batches; the streamed one decodes each file with decode_rgb in parallel, in order.
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+    if split.x is not None:
+        ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((split.files(), split.y))
     if training:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    if split.x is None:
+        size = split.image_size
+
+        def decode(path):
+            return decode_rgb(path.decode(), size)
+
+        def load(path, y):
+            x = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
+            return tf.ensure_shape(x, (size, size, 3)), y
+
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()

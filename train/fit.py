@@ -1,10 +1,7 @@
 """`train(config, out)`: the two-phase transfer-learning recipe, resumable, with a full run dir.
 
-Phases (each is one `fit` with its own optimizer):
-- weights given, strategy feature-extraction: `head` (backbone frozen);
-- weights given, strategy fine-tune: `head`, then `finetune` (top N VGG blocks unfrozen,
-  recompiled with a much lower learning rate);
-- `--weights none`: `scratch` (every layer trains, He-initialised), epochs_head + epochs_finetune.
+Phases (each is one `fit` with its own optimizer) come from `recipes.plan_phases`: `head`
+(backbone frozen), then `finetune` per --strategy; `--weights none` has one `scratch` phase.
 
 State lives in RUN_DIR/state.json; Keras' BackupAndRestore saves every epoch, so Ctrl-C or
 SIGTERM leaves a run that `--resume` continues from its last finished epoch.
@@ -29,25 +26,9 @@ from tl2edge.errors import UserError
 from tl2edge.manifest import INPUT_NAME, OUTPUT_NAME, PREPROCESSING
 from tl2edge.rundir import RunDir
 from tl2edge.train.config import TrainConfig
+from tl2edge.train.recipes import make_optimizer, plan_phases
 
 log = logging.getLogger("tl2edge.train")
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str
-    backbone: str | int  # see model.set_trainable
-    epochs: int
-    lr: float
-
-
-def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    if cfg.from_scratch:
-        return [Phase("scratch", "all", cfg.epochs_head + cfg.epochs_finetune, cfg.lr_scratch)]
-    phases = [Phase("head", "frozen", cfg.epochs_head, cfg.lr_head)]
-    if cfg.strategy == "fine-tune":
-        phases.append(Phase("finetune", cfg.unfreeze_blocks, cfg.epochs_finetune, cfg.lr_finetune))
-    return [p for p in phases if p.epochs > 0]
 
 
 def _prepare_out(cfg: TrainConfig, out: Path, *, overwrite: bool, resume: bool) -> TrainConfig:
@@ -103,6 +84,10 @@ def _device_setup(cfg: TrainConfig):
         "mixed_precision": plan.mixed_precision,
         "jit_compile": plan.jit_compile,
     }
+    if plan.strategy == "multi-worker":
+        from tl2edge.train.cluster import role
+
+        device["workers"] = role().describe()
     log.info("device: %s", ", ".join(f"{k}={v}" for k, v in device.items()))
     if not gpus:
         log.info("no GPU found: training on the CPU%s", "" if plan.jit_compile else " without XLA")
@@ -131,7 +116,9 @@ def train(
     cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False
 ) -> Path:
     """Train per `cfg` into run dir `out` and return it. Raises UserError on bad input."""
-    out = Path(out)
+    from tl2edge.train.cluster import run_dir_for
+
+    out = run_dir_for(Path(out))  # multi-worker: only the chief writes --out
     cfg = _prepare_out(cfg, out, overwrite=overwrite, resume=resume)
     t0 = time.perf_counter()
     data = _load_data(cfg)
@@ -154,6 +141,7 @@ def _load_data(cfg: TrainConfig):
         val_split=cfg.val_split,
         seed=cfg.seed,
         skip_bad_images=cfg.skip_bad_images,
+        pipeline=cfg.data_pipeline,
     )
     log.info("data: %s", data.summary())
     return data
@@ -207,6 +195,7 @@ class Session:
     val_ds: object
     class_weights: dict[int, float] | None
     weights_desc: str
+    train_size: int  # training images (steps per epoch for the schedules)
 
 
 def build(cfg: TrainConfig, data) -> Session:
@@ -241,7 +230,17 @@ def build(cfg: TrainConfig, data) -> Session:
             vgg.he_reinit(model, cfg.seed)
         trainer = vgg.training_model(model, augment=cfg.augment, seed=cfg.seed)
     log.info("model: %s; backbone weights: %s", cfg, weights_desc)
-    return Session(model, trainer, strategy, device, train_ds, val_ds, weights_cw, weights_desc)
+    return Session(
+        model,
+        trainer,
+        strategy,
+        device,
+        train_ds,
+        val_ds,
+        weights_cw,
+        weights_desc,
+        len(data.train),
+    )
 
 
 def fit_phases(
@@ -271,23 +270,21 @@ def fit_phases(
                     trainer.load_weights(phase_weights)
                     log.info("phase %s: already done, weights restored", phase.name)
                     continue
-                log.info(
-                    "phase %s: %d epoch(s), lr=%g, backbone %s",
-                    phase.name,
-                    phase.epochs,
-                    phase.lr,
-                    phase.backbone
-                    if isinstance(phase.backbone, str)
-                    else f"top {phase.backbone} block(s) trainable",
-                )
+                log.info("phase %s: %s", phase.name, phase.describe())
                 with strategy.scope():
                     vgg.set_trainable(session.model, phase.backbone)
                     trainer.compile(
-                        optimizer=keras.optimizers.Adam(phase.lr),
+                        optimizer=make_optimizer(
+                            phase, steps_per_epoch=-(-session.train_size // cfg.batch_size)
+                        ),
                         loss="sparse_categorical_crossentropy",
                         metrics=["accuracy"],
                         jit_compile=session.device["jit_compile"],
                     )
+                    if "workers" in session.device:
+                        from tl2edge.train.cluster import adapt_for_multi_worker
+
+                        adapt_for_multi_worker(trainer, cfg.image_size)
                 # The log row is written before the backup marks the epoch done: an
                 # interruption in between repeats the epoch, and the history keeps the last row.
                 callbacks = [
@@ -397,6 +394,10 @@ def finalize(
         rundir.CURVES,
         rundir.CONFUSION,
     )
+    if cfg.baseline == "scratch":
+        from tl2edge.train.baseline import run_baseline
+
+        run_baseline(cfg, run.path)
 
 
 def _merge_history(run: RunDir, phases: list[str]) -> list[dict]:

@@ -40,7 +40,13 @@ def plot_curves(history: list[dict], path: Path) -> None:
 def write_reports(
     run: rundir.RunDir, model, data, history: list[dict], run_record: dict, *, batch_size: int
 ) -> dict:
-    probs = model.predict(data.val.x.astype(np.float32), batch_size=batch_size, verbose=0)
+    if data.val.x is None:  # streamed from disk: predict in the dataset's order
+        from tl2edge.train.data import make_dataset
+
+        val = make_dataset(data.val, batch_size=batch_size, training=False, seed=0)
+        probs = model.predict(val, verbose=0)
+    else:
+        probs = model.predict(data.val.x.astype(np.float32), batch_size=batch_size, verbose=0)
     metrics = classification_metrics(data.val.y, probs.argmax(axis=1), data.classes)
     rundir.write_json(run.file(rundir.METRICS), metrics)
     plot_curves(history, run.file(rundir.CURVES))

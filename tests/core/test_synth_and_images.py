@@ -106,3 +106,53 @@ def test_scan_errors_name_the_problem(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "empty" / "b.bmp")
     folder = scan_image_folder(tmp_path)
     assert folder.classes == ("empty", "only") and folder.counts() == [1, 1]
+
+
+def test_glyphs_task_is_deterministic_at_32_and_64_px(tmp_path):
+    for size in (32, 64):
+        a = write_dataset(
+            tmp_path / f"a{size}", task="glyphs", per_class=2, size=size, seed=5, progress=False
+        )
+        b = write_dataset(
+            tmp_path / f"b{size}", task="glyphs", per_class=2, size=size, seed=5, progress=False
+        )
+        files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+        assert len(files) == 2 * len(TASKS["glyphs"])
+        assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+        assert Image.open(a / files[0]).size == (size, size)
+    assert not np.array_equal(render("glyphs", "A", 0, seed=5), render("glyphs", "A", 0, seed=6))
+
+
+def test_glyphs_are_drawn_in_several_fonts_and_differ_by_class():
+    from tl2edge.synth import GLYPH_FONTS, _font_dir
+
+    assert all((_font_dir() / name).is_file() for name in GLYPH_FONTS)
+    means = {
+        c: np.mean([render("glyphs", c, i, size=32).astype(float) for i in range(6)], axis=0)
+        for c in ("2", "A", "X")
+    }
+    assert np.abs(means["2"] - means["A"]).mean() > 1.0
+    assert np.abs(means["A"] - means["X"]).mean() > 1.0
+
+
+def test_source_task_holds_no_glyphs():
+    from tl2edge.synth import GLYPHS
+
+    # The far task is honest only if pretraining never saw a letter or a digit.
+    assert not set(TASKS["source"]) & set(GLYPHS)
+    assert all(len(name) > 1 and not name.isdigit() for name in TASKS["source"])
+    draws = {f.__qualname__ for f in TASKS["source"].values()}
+    assert not any("_glyph" in q for q in draws)
+
+
+def test_glyphs_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    from tl2edge import synth
+
+    synth._font.cache_clear()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(UserError, match="matplotlib"):
+        write_dataset(tmp_path / "g", task="glyphs", per_class=1, size=32, progress=False)
+    assert not (tmp_path / "g").exists()
+    synth._font.cache_clear()

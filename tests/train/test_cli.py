@@ -91,6 +91,7 @@ def test_existing_run_dir_and_resume_without_checkpoint(tmp_path, capsys, base_r
         ("--val-split", "1.5", "between 0 and 1"),
         ("--batch-size", "0", "at least 1"),
         ("--lr-head", "3", "between 0 and 1"),
+        ("--block-lr-ratio", "1.5", "in (0, 1]"),
     ],
 )
 def test_bad_options(tmp_path, capsys, tiny_data, flag, value, message):
@@ -104,7 +105,8 @@ def test_a_dataset_that_would_not_fit_in_memory_is_refused_up_front(
     from tl2edge.train import data
 
     monkeypatch.setattr(data, "available_memory_bytes", lambda: 50_000)  # 24 images x 3 KB = 74 KB
-    assert main(_train(str(tiny_data), "--out", str(tmp_path / "r"))) == 2
+    args = _train(str(tiny_data), "--out", str(tmp_path / "r"), "--data-pipeline", "memory")
+    assert main(args) == 2
     err = capsys.readouterr().err
-    assert "24 images at 32x32 need" in err and "smaller --image-size" in err
+    assert "24 images at 32x32 need" in err and "--data-pipeline stream" in err
     assert not (tmp_path / "r").exists()
