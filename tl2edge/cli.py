@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tl2edge.train.backbone_cli",
         "save a run's VGG16 backbone as a compact weights file",
     ),
+    "prune": (
+        "tl2edge.train.prune_cli",
+        "make a run's VGG16 cheaper by removing whole filters, then fine-tuning",
+    ),
     "export": (
         "tl2edge.export.cli",
         "convert a run to validated ONNX (fp32, int8, fp16) in a model repository",
