@@ -78,6 +78,12 @@ class PruneConfig:
             raise UserError(f"--taylor-images must be at least 1, got {self.taylor_images}")
         if not 0 < self.min_keep <= 1:
             raise UserError(f"--min-keep must be in (0, 1], got {self.min_keep}")
+        from tl2edge.export.bench import DEVICES
+
+        if self.device not in DEVICES:
+            raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.bench_seconds <= 0:
+            raise UserError(f"--bench-seconds must be positive, got {self.bench_seconds}")
         if Path(self.out).resolve() == Path(self.run_dir).resolve():
             raise UserError("--out must be a new folder, not the parent run dir itself")
 

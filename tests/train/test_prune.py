@@ -243,6 +243,7 @@ def test_a_budget_exceeded_later_keeps_the_last_step_within_it(base_run, tmp_pat
         (["--target-speedup", "1"], "--target-speedup must be greater than 1"),
         (["--target-speedup", "0.5"], "--target-speedup must be greater than 1"),
         (["--target-speedup", "2", "--steps", "0"], "--steps must be at least 1"),
+        (["--target-speedup", "2", "--device", "npu"], "--device must be one of"),
     ],
 )
 def test_bad_flags_are_clear_errors_and_write_nothing(base_run, tmp_path, capsys, args, message):
