@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tl2edge.train.backbone_cli",
         "save a run's VGG16 backbone as a compact weights file",
     ),
+    "prune": (
+        "tl2edge.train.prune_cli",
+        "make a run's VGG16 cheaper by removing whole filters, then fine-tuning",
+    ),
     "export": (
         "tl2edge.export.cli",
         "convert a run to validated ONNX (fp32, int8, fp16) in a model repository",
@@ -38,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tl2edge.demo", "the whole pipeline on the built-in synthetic data"),
 }
 # Commands that may load TensorFlow: its C++ start-up lines are filtered unless --log-level DEBUG.
-TENSORFLOW_COMMANDS = ("train", "backbone", "export", "bench", "demo")
+TENSORFLOW_COMMANDS = ("train", "prune", "backbone", "export", "bench", "demo")
 
 
 def _common_options() -> argparse.ArgumentParser:

@@ -26,14 +26,23 @@ class CaffePreprocess(layers.Layer):
 
 
 def build_model(
-    num_classes: int, *, image_size: int, dense_units: int = 256, dropout: float = 0.5
+    num_classes: int,
+    *,
+    image_size: int,
+    dense_units: int = 256,
+    dropout: float = 0.5,
+    backbone: keras.Model | None = None,
 ) -> keras.Model:
-    """The inference model: image -> preprocess -> VGG16 conv base -> head -> probs (float32)."""
+    """The inference model: image -> preprocess -> VGG16 conv base -> head -> probs (float32).
+
+    `backbone`: a conv base named `vgg16` to use instead of Keras' VGG16 (a pruned one).
+    """
     image = keras.Input((image_size, image_size, 3), name="image")
     x = CaffePreprocess(name="preprocess")(image)
-    backbone = keras.applications.VGG16(
-        include_top=False, weights=None, input_shape=(image_size, image_size, 3), name=BACKBONE
-    )
+    if backbone is None:
+        backbone = keras.applications.VGG16(
+            include_top=False, weights=None, input_shape=(image_size, image_size, 3), name=BACKBONE
+        )
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
