@@ -61,7 +61,7 @@ def main() -> None:
             size=224,
             classes=5,
             per_class=40,
-            backbone=ROOT / "assets" / "vgg16_synth_source.npz",
+            backbone=ROOT / "tl2edge" / "assets" / "vgg16_synth_source.npz",
         )
     run = rundir.open_run(run_dir)
     train, val = rundir.load_run_images(run)

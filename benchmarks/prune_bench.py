@@ -59,7 +59,7 @@ def main() -> None:
             TrainConfig(
                 data_dir=str(data),
                 image_size=32,
-                weights=str(ROOT / "assets" / "vgg16_synth_source.npz"),
+                weights=str(ROOT / "tl2edge" / "assets" / "vgg16_synth_source.npz"),
                 strategy="fine-tune",
                 unfreeze_blocks=1,
                 epochs_head=8,

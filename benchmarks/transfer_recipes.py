@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
-BACKBONE = ROOT / "assets" / "vgg16_synth_source.npz"
+BACKBONE = ROOT / "tl2edge" / "assets" / "vgg16_synth_source.npz"
 TASKS = {"near": "target", "far": "glyphs"}
 
 # name -> TrainConfig overrides (on top of the shared epochs, batch size and seed)

@@ -274,10 +274,10 @@ class ModelRepository:
                 self._add(model)
         missing = [name for name in names if name not in self.models]
         if missing:
-            reasons = "\n".join(
-                f"  {n} v{v}: {why}" for (n, v), why in sorted(self.skipped.items()) if n in missing
+            reasons = "; ".join(
+                f"{n} v{v}: {why}" for (n, v), why in sorted(self.skipped.items()) if n in missing
             )
-            raise UserError(f"no loadable version of model(s) {', '.join(missing)}:\n{reasons}")
+            raise UserError(f"no loadable version of model(s) {', '.join(missing)} ({reasons})")
         self.update_aliases()
 
     def _skip(self, name: str, version: int, path: Path, exc: Exception) -> None:

@@ -116,9 +116,6 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tl2edge.logs import quiet_tensorflow
-
-    quiet_tensorflow()
     cfg = config_from_args(args)
     from tl2edge.train.prune_fit import run_prune
 

@@ -77,7 +77,7 @@ class PruneConfig:
             raise UserError(f"--taylor-images must be at least 1, got {self.taylor_images}")
         if not 0 < self.min_keep <= 1:
             raise UserError(f"--min-keep must be in (0, 1], got {self.min_keep}")
-        from tl2edge.export.bench import DEVICES
+        from tl2edge.serve.providers import DEVICES
 
         if self.device not in DEVICES:
             raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from tl2edge.export import rundir
+from tl2edge.rundir import CONFIG, RunDir, write_json
 from tl2edge.synth import write_dataset
 
 
@@ -17,11 +18,10 @@ def test_streamed_run_calibrates_on_the_same_sample_as_in_memory(tmp_path, monke
     folder = write_dataset(
         tmp_path / "d", task="target", per_class=6, size=32, classes=3, seed=2, progress=False
     )
-    run = rundir.Run(
-        tmp_path,
-        ("arrow", "crescent", "hexagon"),
-        {"data_dir": str(folder), "image_size": 32, "seed": 5},
-    )
+    config = {"data_dir": str(folder), "image_size": 32, "seed": 5}
+    run_dir = RunDir(tmp_path)
+    write_json(run_dir.file(CONFIG), config)  # no split.json: export replays the split
+    run = rundir.Run(run_dir, ("arrow", "crescent", "hexagon"), config)
     train_mem, val_mem = rundir.load_run_images(run)
     monkeypatch.setattr(data, "available_memory_bytes", lambda: 20_000)  # 18 images = 55 KB
     train_st, val_st = rundir.load_run_images(run)

@@ -49,3 +49,23 @@ def test_a_folder_bigger_than_the_memory_limit_streams_and_trains(
     metrics = json.loads((run / "metrics.json").read_text())
     assert np.asarray(metrics["confusion_matrix"]).sum() == record["counts"]["val"]
     assert (run / "model.keras").is_file()
+
+
+def test_a_saved_split_too_big_for_memory_keeps_training_images_on_disk(tiny_data, monkeypatch):
+    """Export and prune read a run's saved split: when it would not fit, the training images
+    stay on disk (absolute paths, same batches), the validation images are decoded."""
+    from tl2edge.train import data as data_module
+    from tl2edge.train.data import load_saved_split
+
+    memory = load_data(tiny_data, image_size=32, seed=4, pipeline="memory")
+    split = memory.saved_split()
+    train_files = [(tiny_data / p, y) for p, y in split.train]
+    val_files = [(tiny_data / p, y) for p, y in split.val]
+    monkeypatch.setattr(data_module, "available_memory_bytes", lambda: 1_000)
+    saved = load_saved_split(split, train_files, val_files, image_size=32)
+    assert saved.train.x is None and saved.train.files() == [str(p) for p, _ in train_files]
+    assert np.array_equal(saved.val.x, memory.val.x) and saved.fingerprint == memory.fingerprint
+    a = make_dataset(memory.train, batch_size=5, training=True, seed=9)
+    b = make_dataset(saved.train, batch_size=5, training=True, seed=9)
+    for (xa, ya), (xb, yb) in zip(_batches(a, 1), _batches(b, 1), strict=True):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
