@@ -42,7 +42,7 @@ def main() -> None:
     from tl2edge.logs import quiet_tensorflow, setup_logging
 
     setup_logging("INFO", "text")
-    quiet_tensorflow()
+    quiet_tensorflow("INFO")  # TF log level and logger; its stderr filter is not needed here
     from tl2edge.synth import write_dataset
     from tl2edge.train.config import TrainConfig
     from tl2edge.train.fit import train

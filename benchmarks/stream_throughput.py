@@ -40,7 +40,7 @@ def main() -> None:
     from tl2edge.train import model as vgg
     from tl2edge.train.data import load_data, make_dataset
 
-    quiet_tensorflow()
+    quiet_tensorflow("INFO")  # TF log level and logger; its stderr filter is not needed here
     folder = write_dataset(
         Path(args.work) / "data",
         task="target",

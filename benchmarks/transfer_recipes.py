@@ -78,7 +78,7 @@ def main() -> None:
     from tl2edge.train.config import TrainConfig
     from tl2edge.train.fit import train
 
-    quiet_tensorflow()
+    quiet_tensorflow("INFO")  # TF log level and logger; its stderr filter is not needed here
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     epochs = args.epochs_head + args.epochs_finetune
