@@ -48,6 +48,15 @@ class Split:
         """Absolute paths of the images, in order."""
         return [str(Path(self.root) / p) for p in self.paths]
 
+    def pixels(self, indices: np.ndarray) -> np.ndarray:
+        """The images at `indices`, uint8 [n, S, S, 3]: from memory, or decoded from disk
+        when the split is streamed."""
+        if self.x is not None:
+            return self.x[indices]
+        files, size = self.files(), self.image_size
+        decoded = [decode_rgb(files[i], size) for i in indices]
+        return np.stack(decoded) if decoded else np.zeros((0, size, size, 3), np.uint8)
+
     def __len__(self) -> int:
         return len(self.y)
 

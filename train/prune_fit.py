@@ -236,7 +236,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
         t_step = time.perf_counter()
         if cfg.method == "taylor":
             scores = surgery.taylor_scores(
-                model, data.train.x[taylor_idx], data.train.y[taylor_idx], batch_size=batch
+                model, data.train.pixels(taylor_idx), data.train.y[taylor_idx], batch_size=batch
             )
         else:
             scores = surgery.norm_scores(model, norm=cfg.norm)

@@ -147,7 +147,7 @@ def measure_onnx(parent, pruned, data, *, device: str, seconds: float, work: Pat
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     n = min(CALIBRATION_IMAGES, len(data.train))
-    calib = data.train.x[np.sort(rng.choice(len(data.train), n, replace=False))]
+    calib = data.train.pixels(np.sort(rng.choice(len(data.train), n, replace=False)))
     files: dict[str, Path] = {}
     for name, model in (("parent", parent), ("pruned", pruned)):
         log.info("measuring: converting the %s model to ONNX fp32 and int8", name)

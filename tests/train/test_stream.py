@@ -69,3 +69,11 @@ def test_a_saved_split_too_big_for_memory_keeps_training_images_on_disk(tiny_dat
     b = make_dataset(saved.train, batch_size=5, training=True, seed=9)
     for (xa, ya), (xb, yb) in zip(_batches(a, 1), _batches(b, 1), strict=True):
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+
+
+def test_pixels_of_a_streamed_split_equal_the_in_memory_ones(tiny_data):
+    memory = load_data(tiny_data, image_size=32, seed=4, pipeline="memory")
+    stream = load_data(tiny_data, image_size=32, seed=4, pipeline="stream")
+    idx = np.array([0, 3, 5])
+    assert np.array_equal(stream.train.pixels(idx), memory.train.pixels(idx))
+    assert stream.train.pixels(np.array([], np.int64)).shape == (0, 32, 32, 3)
