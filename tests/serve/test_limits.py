@@ -308,6 +308,8 @@ def test_cli_limit_defaults_are_the_config_defaults():
     args = parser.parse_args([])
     assert args.max_inflight_mb == ServeConfig().max_inflight_mb
     assert args.max_image_pixels == ServeConfig().max_image_pixels
+    assert args.large_image_pixels == ServeConfig().large_image_pixels
+    assert args.large_image_queue == ServeConfig().large_image_queue
 
 
 def test_grey_images_are_resized_before_becoming_rgb_with_identical_pixels():
