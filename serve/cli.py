@@ -238,6 +238,21 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
         help="largest width x height of an encoded image, checked from its header before "
         "decoding; larger: INVALID_ARGUMENT (default 25000000)",
     )
+    lim.add_argument(
+        "--large-image-pixels",
+        type=int,
+        default=4_000_000,
+        help="a request whose images declare more pixels than this in total is decoded on a "
+        "separate one-thread, low-priority lane, so it cannot delay small images "
+        "(default 4000000)",
+    )
+    lim.add_argument(
+        "--large-image-queue",
+        type=int,
+        default=4,
+        help="requests with large images that may wait for that lane; beyond it, "
+        "RESOURCE_EXHAUSTED (default 4)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -269,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent_requests=args.max_concurrent_requests,
             max_inflight_mb=args.max_inflight_mb,
             max_image_pixels=args.max_image_pixels,
+            large_image_pixels=args.large_image_pixels,
+            large_image_queue=args.large_image_queue,
             grace_s=args.grace_s,
             reload_interval_s=args.reload_interval_s,
             model_control_mode=args.model_control_mode,

@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +30,7 @@ import numpy as np
 from tl2edge.images import (
     SERVE_FORMATS,
     BadImage,
+    declared_pixels,
     decode_rgb_bounded,
     refuse_decompression_bombs,
     resize_rgb,
@@ -39,6 +43,8 @@ from tl2edge.serve.errors import (
     Unavailable,
 )
 from tl2edge.serve.limits import (
+    DEFAULT_LARGE_IMAGE_PIXELS,
+    DEFAULT_LARGE_IMAGE_QUEUE,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_INFLIGHT_MB,
     ByteBudget,
@@ -53,6 +59,7 @@ DEFAULT_TOP_K = 5
 MAX_IMAGES_PER_REQUEST = 1024
 MAX_SIDE = 16384
 UNKNOWN_MODEL = "unknown"  # the metrics label of every name no loaded model answers to
+LARGE_LANE_NICE = 10  # large decodes yield the CPU to everything else of the server (Linux)
 
 
 class Prediction(NamedTuple):
@@ -82,6 +89,8 @@ class DataPlane:
         decode_threads: int = 2,
         max_inflight_mb: int = DEFAULT_MAX_INFLIGHT_MB,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        large_image_pixels: int = DEFAULT_LARGE_IMAGE_PIXELS,
+        large_image_queue: int = DEFAULT_LARGE_IMAGE_QUEUE,
     ) -> None:
         self.repository = repository
         self.metrics = metrics or Metrics()
@@ -94,6 +103,14 @@ class DataPlane:
         self._drain = asyncio.Event()
         self.inflight = 0
         self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        # The large lane: one thread at a lower CPU priority, for requests over
+        # `large_image_pixels`; at most `large_image_queue` more wait for it.
+        self.large_image_pixels = large_image_pixels
+        self.large_image_queue = large_image_queue
+        self.large_pending = 0
+        self._large = ThreadPoolExecutor(
+            1, thread_name_prefix="decode-large", initializer=_lower_priority
+        )
         self._idle = asyncio.Event()
         self._idle.set()
         self.control = ModelControl(repository)  # the server sets its mode and callback
@@ -307,7 +324,22 @@ class DataPlane:
             return np.stack(images)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         with self.budget.hold(len(images) * size[0] * size[1] * 3, "the decoded images"):
-            return await loop.run_in_executor(self._decoder, self._decode_all, list(images), size)
+            if request_pixels(images) <= self.large_image_pixels:
+                return await loop.run_in_executor(
+                    self._decoder, self._decode_all, list(images), size
+                )
+            if self.large_pending > self.large_image_queue:
+                raise Overloaded(
+                    f"{self.large_pending} requests with large images (over "
+                    f"{self.large_image_pixels:,} pixels, --large-image-pixels) are already "
+                    f"being decoded or waiting (--large-image-queue {self.large_image_queue}); "
+                    f"retry with backoff, or send the images scaled down"
+                )
+            self.large_pending += 1
+            try:
+                return await loop.run_in_executor(self._large, self._decode_all, list(images), size)
+            finally:
+                self.large_pending -= 1
 
     def _decode_all(self, images: list[bytes | np.ndarray], size: tuple[int, int]) -> np.ndarray:
         out = np.empty((len(images), *size, 3), dtype=np.uint8)
@@ -343,6 +375,21 @@ class DataPlane:
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False)
+        self._large.shutdown(wait=False)
+
+
+def request_pixels(images: Sequence[bytes | np.ndarray]) -> int:
+    """The pixels a request's images declare (headers only; arrays by their shape)."""
+    return sum(
+        i.shape[0] * i.shape[1] if isinstance(i, np.ndarray) else declared_pixels(i) for i in images
+    )
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux: niceness is per thread)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LARGE_LANE_NICE)
 
 
 T = TypeVar("T")

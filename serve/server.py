@@ -34,7 +34,12 @@ from tl2edge.serve.connections import ConnectionConfig
 from tl2edge.serve.dataplane import DataPlane
 from tl2edge.serve.health import DrainingHealthServicer
 from tl2edge.serve.kserve import KServeServicer
-from tl2edge.serve.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INFLIGHT_MB
+from tl2edge.serve.limits import (
+    DEFAULT_LARGE_IMAGE_PIXELS,
+    DEFAULT_LARGE_IMAGE_QUEUE,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_INFLIGHT_MB,
+)
 from tl2edge.serve.metrics import Metrics
 from tl2edge.serve.modelcontrol import MODES, ModelControl
 from tl2edge.serve.providers import publish_selections
@@ -61,6 +66,8 @@ class ServeConfig:
     max_concurrent_requests: int = 256
     max_inflight_mb: int = DEFAULT_MAX_INFLIGHT_MB
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    large_image_pixels: int = DEFAULT_LARGE_IMAGE_PIXELS
+    large_image_queue: int = DEFAULT_LARGE_IMAGE_QUEUE
     grace_s: float = 30.0
     reload_interval_s: float = 0.0  # poll interval of --model-control-mode poll
     model_control_mode: str = ""  # none|poll|explicit; "": poll if reload_interval_s else none
@@ -84,6 +91,10 @@ class ServeConfig:
             raise ValueError(f"max in-flight size ({self.max_inflight_mb} MB) must be at least 1")
         if self.max_image_pixels < 1:
             raise ValueError(f"max image pixels ({self.max_image_pixels}) must be at least 1")
+        if self.large_image_pixels < 1:
+            raise ValueError(f"large image pixels ({self.large_image_pixels}) must be at least 1")
+        if self.large_image_queue < 0:
+            raise ValueError(f"large image queue ({self.large_image_queue}) must be at least 0")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca and not self.tls_cert:
@@ -288,6 +299,8 @@ async def create_server(
         default_model=config.default_model,
         max_inflight_mb=config.max_inflight_mb,
         max_image_pixels=config.max_image_pixels,
+        large_image_pixels=config.large_image_pixels,
+        large_image_queue=config.large_image_queue,
     )
     plane.control = ModelControl(repository, config.model_control_mode)
     plane.control.select_startup_models(config.load_models)

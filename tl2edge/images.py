@@ -26,6 +26,7 @@ RESAMPLE = Image.Resampling.BILINEAR
 # What a server decodes from client bytes; other formats Pillow knows (TIFF, PSD, ...) carry
 # more attack surface than a classifier needs.
 SERVE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
+BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class BadImage(ValueError):
@@ -73,6 +74,16 @@ def refuse_decompression_bombs() -> None:
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
+def declared_pixels(data: bytes) -> int:
+    """Width x height from an encoded image's header, without decoding; 0 if unreadable
+    (`decode_rgb_bounded` then reports why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=SERVE_FORMATS) as img:
+            return img.width * img.height
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, *BOMBS):
+        return 0
+
+
 def decode_rgb_bounded(
     data: bytes,
     size: tuple[int, int],
@@ -113,7 +124,7 @@ def decode_rgb_bounded(
                 if rgb.size != (w, h):
                     rgb = rgb.resize((w, h), RESAMPLE)
                 return np.asarray(rgb.convert("RGB") if rgb.mode != "RGB" else rgb, np.uint8)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except BOMBS as exc:
         raise ImageTooLarge(f"image too large to decode ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, BadImage):

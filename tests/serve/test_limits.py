@@ -308,6 +308,8 @@ def test_cli_limit_defaults_are_the_config_defaults():
     args = parser.parse_args([])
     assert args.max_inflight_mb == ServeConfig().max_inflight_mb
     assert args.max_image_pixels == ServeConfig().max_image_pixels
+    assert args.large_image_pixels == ServeConfig().large_image_pixels
+    assert args.large_image_queue == ServeConfig().large_image_queue
 
 
 def test_grey_images_are_resized_before_becoming_rgb_with_identical_pixels():
@@ -322,3 +324,18 @@ def test_grey_images_are_resized_before_becoming_rgb_with_identical_pixels():
     out = decode_rgb_bounded(png, (8, 8), max_pixels=10**6, reserve=reserve)
     assert held == [60 * 40]  # the grey frame only, no full-size RGB copy
     np.testing.assert_array_equal(out, decode_rgb(png, 8))
+
+
+def test_held_bytes_counts_typed_values_at_their_parsed_width():
+    from tl2edge.serve.kserve import ENTRY_BYTES, held_bytes
+
+    typed = _infer_request([1, 10, 10, 3])
+    typed.inputs[0].contents.uint_contents.extend([1] * 300)  # 1 byte each on the wire
+    raw = _infer_request([1, 10, 10, 3], raw=bytes(300))
+    texts = _infer_request([2], datatype="BYTES")
+    texts.inputs[0].contents.bytes_contents.extend([b"x" * 1000, b"y" * 500])
+    header = 2 * ENTRY_BYTES + 8 * 4
+    assert held_bytes(typed) == header + 4 * 300
+    assert held_bytes(raw) == header + 300
+    assert held_bytes(texts) == 2 * ENTRY_BYTES + 8 + 1500
+    assert held_bytes(typed) > typed.ByteSize()  # the parsed form, not the wire size
