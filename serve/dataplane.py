@@ -32,17 +32,14 @@ from tl2edge.images import (
     resize_rgb,
 )
 from tl2edge.serve.batching import BatcherClosed
+from tl2edge.serve.config import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INFLIGHT_MB
 from tl2edge.serve.errors import (
     InvalidInput,
     Overloaded,
     ServeError,
     Unavailable,
 )
-from tl2edge.serve.limits import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DEFAULT_MAX_INFLIGHT_MB,
-    ByteBudget,
-)
+from tl2edge.serve.limits import ByteBudget
 from tl2edge.serve.metrics import Metrics
 from tl2edge.serve.modelcontrol import IndexEntry, ModelControl
 from tl2edge.serve.repository import LoadedModel, ModelRepository

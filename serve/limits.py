@@ -17,8 +17,6 @@ from tl2edge.serve.errors import InvalidInput, Overloaded
 
 MAX_RANK = 8  # dimensions of an input tensor
 MAX_DIM = 2**31 - 1  # size of one dimension
-DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # a 25 MP photo; far above any classifier's input
-DEFAULT_MAX_INFLIGHT_MB = 256
 MAX_SHOWN = 80  # characters of a client string quoted back in an error message
 
 
