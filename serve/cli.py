@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import signal
 from pathlib import Path
-from typing import Any
 
 # Light modules (no grpc, no onnxruntime): every default below comes from these dataclasses.
+from tl2edge.cli import field_default
 from tl2edge.serve.config import (
     ARENA_STRATEGIES,
     DEVICES,
@@ -27,14 +26,9 @@ from tl2edge.serve.connections import ConnectionConfig
 log = logging.getLogger("tl2edge.serve")
 
 
-def _default(cls: type, name: str) -> Any:
-    """The default of dataclass field `name`: the one place it is written."""
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-
-
 # ConnectionConfig field -> (default, help); the default is the dataclass's.
 CONNECTION_FLAGS = {
-    name: (_default(ConnectionConfig, name), text)
+    name: (field_default(ConnectionConfig, name), text)
     for name, text in {
         "keepalive_s": "ping a silent connection after N s (default %(default)g)",
         "keepalive_timeout_s": "close it if the ping is unanswered for N s (default %(default)g)",
@@ -92,20 +86,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     net.add_argument(
         "--metrics-host",
-        default=_default(ServeConfig, "metrics_host"),
+        default=field_default(ServeConfig, "metrics_host"),
         help="address of /metrics (default %(default)s, this machine only; 0.0.0.0 or :: to scrape "
         "from elsewhere)",
     )
     net.add_argument(
         "--max-message-mb",
         type=int,
-        default=_default(ServeConfig, "max_message_mb"),
+        default=field_default(ServeConfig, "max_message_mb"),
         help="largest request or response (default %(default)s)",
     )
     net.add_argument(
         "--max-concurrent-requests",
         type=int,
-        default=_default(ServeConfig, "max_concurrent_requests"),
+        default=field_default(ServeConfig, "max_concurrent_requests"),
         help="beyond this, RESOURCE_EXHAUSTED (default %(default)s)",
     )
     conn = p.add_argument_group("connections")
@@ -116,7 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev = p.add_argument_group("runtime")
     dev.add_argument(
         "--device",
-        default=_default(RuntimeConfig, "device"),
+        default=field_default(RuntimeConfig, "device"),
         choices=DEVICES,
         help="execution provider (default %(default)s: measure each available one at load, keep "
         "the fastest; TensorRT only when asked)",
@@ -124,32 +118,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev.add_argument(
         "--intra-op-threads",
         type=int,
-        default=_default(RuntimeConfig, "intra_op_threads"),
+        default=field_default(RuntimeConfig, "intra_op_threads"),
         help="threads per model run (default %(default)s = one per core)",
     )
     dev.add_argument(
         "--inter-op-threads",
         type=int,
-        default=_default(RuntimeConfig, "inter_op_threads"),
+        default=field_default(RuntimeConfig, "inter_op_threads"),
         help="threads across graph branches (default %(default)s = ORT's choice)",
     )
     dev.add_argument(
         "--graph-optimization",
-        default=_default(RuntimeConfig, "graph_optimization"),
+        default=field_default(RuntimeConfig, "graph_optimization"),
         choices=GRAPH_OPTIMIZATIONS,
     )
     dev.add_argument(
-        "--cuda-device-id", type=int, default=_default(RuntimeConfig, "cuda_device_id")
+        "--cuda-device-id", type=int, default=field_default(RuntimeConfig, "cuda_device_id")
     )
     dev.add_argument(
         "--cuda-mem-limit-mb",
         type=int,
-        default=_default(RuntimeConfig, "cuda_mem_limit_mb"),
+        default=field_default(RuntimeConfig, "cuda_mem_limit_mb"),
         help="CUDA arena limit (default %(default)s = none)",
     )
     dev.add_argument(
         "--cuda-arena-extend-strategy",
-        default=_default(RuntimeConfig, "cuda_arena_extend_strategy"),
+        default=field_default(RuntimeConfig, "cuda_arena_extend_strategy"),
         choices=ARENA_STRATEGIES,
     )
     add_openvino_arguments(dev)
@@ -157,19 +151,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     bat.add_argument(
         "--max-batch-size",
         type=int,
-        default=_default(BatchConfig, "max_batch_size"),
+        default=field_default(BatchConfig, "max_batch_size"),
         help="images per model run (default %(default)s)",
     )
     bat.add_argument(
         "--max-batch-delay-ms",
         type=float,
-        default=_default(BatchConfig, "max_batch_delay_ms"),
+        default=field_default(BatchConfig, "max_batch_delay_ms"),
         help="wait this long for a batch to fill (default %(default)g: batch what is queued)",
     )
     bat.add_argument(
         "--instances",
         type=int,
-        default=_default(BatchConfig, "instances"),
+        default=field_default(BatchConfig, "instances"),
         help="concurrent model runs per model version (default %(default)s)",
     )
     sec = p.add_argument_group("security")
@@ -189,20 +183,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ops.add_argument(
         "--grace-s",
         type=float,
-        default=_default(ServeConfig, "grace_s"),
+        default=field_default(ServeConfig, "grace_s"),
         help="on SIGTERM, time for in-flight requests (default %(default)g)",
     )
     ops.add_argument(
         "--reload-interval-s",
         type=float,
-        default=_default(ServeConfig, "reload_interval_s"),
+        default=field_default(ServeConfig, "reload_interval_s"),
         help="poll REPO for new versions every N s (default %(default)g = off; implies "
         "--model-control-mode poll)",
     )
     ops.add_argument(
         "--model-control-mode",
         choices=MODES,
-        default=_default(ServeConfig, "model_control_mode"),
+        default=field_default(ServeConfig, "model_control_mode"),
         help="as Triton: none = the start-up models until exit; poll = reload from REPO every "
         "--reload-interval-s; explicit = only RepositoryModelLoad/Unload RPCs change models "
         "(default: poll if --reload-interval-s is set, else none)",
@@ -220,30 +214,30 @@ def add_openvino_arguments(group) -> None:  # type: ignore[no-untyped-def]
     """The OpenVINO options, shared with bench and evaluate (argparse only, no imports)."""
     group.add_argument(
         "--openvino-precision",
-        default=_default(RuntimeConfig, "openvino_precision"),
+        default=field_default(RuntimeConfig, "openvino_precision"),
         choices=OPENVINO_PRECISIONS,
         help="OpenVINO inference precision (default %(default)s: no bf16/fp16 down-conversion)",
     )
     group.add_argument(
         "--openvino-streams",
         type=int,
-        default=_default(RuntimeConfig, "openvino_streams"),
+        default=field_default(RuntimeConfig, "openvino_streams"),
         help="OpenVINO streams (default %(default)s: its own)",
     )
     group.add_argument(
         "--openvino-threads",
         type=int,
-        default=_default(RuntimeConfig, "openvino_threads"),
+        default=field_default(RuntimeConfig, "openvino_threads"),
         help="OpenVINO threads (default %(default)s: its own)",
     )
     group.add_argument(
         "--openvino-cache-dir",
-        default=_default(RuntimeConfig, "openvino_cache_dir"),
+        default=field_default(RuntimeConfig, "openvino_cache_dir"),
         help="keep compiled OpenVINO models here so the next start is fast",
     )
     group.add_argument(
         "--auto-cache-dir",
-        default=_default(RuntimeConfig, "auto_cache_dir"),
+        default=field_default(RuntimeConfig, "auto_cache_dir"),
         help="--device auto keeps its measurements per model file here; the next start "
         "opens only the chosen provider",
     )
@@ -265,14 +259,14 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     lim.add_argument(
         "--max-inflight-mb",
         type=int,
-        default=_default(ServeConfig, "max_inflight_mb"),
+        default=field_default(ServeConfig, "max_inflight_mb"),
         help="request bytes (messages and decoded pixels) held at once; beyond it, "
         "RESOURCE_EXHAUSTED (default %(default)s)",
     )
     lim.add_argument(
         "--max-image-pixels",
         type=int,
-        default=_default(ServeConfig, "max_image_pixels"),
+        default=field_default(ServeConfig, "max_image_pixels"),
         help="largest width x height of an encoded image, checked from its header before "
         "decoding; larger: INVALID_ARGUMENT (default %(default)s)",
     )

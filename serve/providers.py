@@ -37,6 +37,7 @@ import numpy as np
 import onnxruntime as ort
 
 from tl2edge.errors import UserError
+from tl2edge.host import cpu_name
 from tl2edge.serve.config import DEVICES, RuntimeConfig
 
 log = logging.getLogger("tl2edge.serve.providers")
@@ -412,21 +413,11 @@ def _probe_cache_file(
             digest.update(chunk)
     key = json.dumps(
         [digest.hexdigest(), candidates, batch, ort.__version__, platform.node(),
-         _cpu_name(), [provider_options(d, config) for d in candidates],
+         cpu_name(), [provider_options(d, config) for d in candidates],
          config.intra_op_threads, config.inter_op_threads, config.graph_optimization],
     )  # fmt: skip
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
     return Path(config.auto_cache_dir) / f"tl2edge-auto-{name}.json"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def _read_probes(cache: Path | None) -> list[Probe]:
