@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tl2edge.host import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
     "int8_size_ratio": 0.26,
@@ -204,7 +206,7 @@ def main() -> None:
     b1 = lat["batch1"]
     results = {
         "machine": {
-            "cpu": _cpu(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
         },
@@ -248,13 +250,6 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _print(r: dict) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tl2edge.host import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -40,7 +42,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-    from export_variants import _cpu, interleaved, make_run
+    from export_variants import interleaved, make_run
 
     from tl2edge.export import onnx as onnx_step
     from tl2edge.export import rundir
@@ -116,7 +118,7 @@ def main() -> None:
         latency[f"batch{batch}"] = interleaved(runners, rounds=args.rounds, seconds=args.seconds)
     b1 = latency["batch1"]
     results = {
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "run_dir": str(run_dir),
         "validation_images": len(val.x),
         "float_nodes": float_head(prepared),

@@ -23,12 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+from tl2edge.host import cpu_name
 
 
 def _openvino_ep_devices() -> list:
@@ -75,7 +70,7 @@ def main() -> None:
 
     ep_devices = _openvino_ep_devices()
     results = {
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "versions": {"onnxruntime": ort.__version__, "openvino": ov.__version__},
         "openvino_ep_devices": [str(d.device.type) for d in ep_devices],
         "files": {},

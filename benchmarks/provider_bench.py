@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from tl2edge.host import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("provider_worker.py")
 CACHE = ROOT / ".cache"
@@ -152,9 +154,7 @@ def main() -> None:
         for label, run in plan:
             print(f"{variant}: {label} ...", flush=True)
             rows.append({"label": label, "file": variant, **summarise(run(model))})
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = cpu_name()
     print(f"\nVGG16 224x224 on {cpu} (shared machine; one run, engines one after another)")
     print(
         f"{'engine':44} {'file':5} {'b1 p50 ms':>10} {'best img/s':>11} {'@b':>3} {'vs OV p50':>9}  notes"

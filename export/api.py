@@ -24,6 +24,7 @@ from tl2edge.export import bench, gates, repository
 from tl2edge.export import onnx as onnx_step
 from tl2edge.export.bundle import write_bundle
 from tl2edge.export.config import ExportConfig
+from tl2edge.host import cpu_name
 from tl2edge.manifest import MODEL_FILE
 
 log = logging.getLogger("tl2edge.export")
@@ -284,7 +285,7 @@ def _report_payload(
         "variants": [r.to_dict() for r in result.rows],
         "quantization": quant_info,
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "providers": "CPUExecutionProvider",
             "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(),
@@ -292,13 +293,3 @@ def _report_payload(
         "seconds": result.seconds,
         "next_command": result.next_command,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

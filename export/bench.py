@@ -34,10 +34,7 @@ def make_selection(
 
     if device not in DEVICES:
         raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
-    try:
-        config = RuntimeConfig(device=device, intra_op_threads=max(0, threads), **options)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    config = RuntimeConfig(device=device, intra_op_threads=max(0, threads), **options)
     return select_session(path, config)
 
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
+from tl2edge.cli import field_default
 from tl2edge.export.config import ExportConfig
 from tl2edge.export.quantize import CALIBRATION_METHODS, QUANTIZATION_CHOICES
 from tl2edge.manifest import VARIANTS
 
 # Light imports only: `tl2edge export --help` must not load TensorFlow or onnxruntime.
-D = ExportConfig.__dataclass_fields__
-
-
-def _default(name: str):
-    return D[name].default
+_default = functools.partial(field_default, ExportConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

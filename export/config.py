@@ -9,7 +9,7 @@ from typing import Any
 
 from tl2edge.errors import UserError
 from tl2edge.export.onnx import MAX_OPSET, MIN_OPSET
-from tl2edge.export.quantize import CALIBRATION_METHODS, QUANTIZATION_CHOICES
+from tl2edge.export.quantize import QUANTIZATION_CHOICES, check_calibration_method
 from tl2edge.manifest import VARIANTS
 
 DEFAULT_VARIANTS = ("fp32", "int8")
@@ -75,11 +75,7 @@ class ExportConfig:
             raise UserError(
                 f"--calibration-samples must be at least 1, got {self.calibration_samples}"
             )
-        if self.calibration_method not in CALIBRATION_METHODS:
-            raise UserError(
-                f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                f"got {self.calibration_method!r}"
-            )
+        check_calibration_method(self.calibration_method)
         if self.quantization not in QUANTIZATION_CHOICES:
             raise UserError(
                 f"--quantization must be one of {', '.join(QUANTIZATION_CHOICES)}, "

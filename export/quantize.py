@@ -33,6 +33,14 @@ ACTIVATION_TYPES = ("u8", "s8")
 CALIBRATION_BATCH = 8  # images per calibration run: bounds memory (VGG16 at 224: ~110 MB/image)
 
 
+def check_calibration_method(method: str) -> None:
+    """UserError unless `method` is a calibration method (ExportConfig and QuantRecipe)."""
+    if method not in CALIBRATION_METHODS:
+        raise UserError(
+            f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
+        )
+
+
 @dataclass(frozen=True)
 class QuantRecipe:
     """How to quantize: activation type, weight range, calibration method."""
@@ -49,11 +57,7 @@ class QuantRecipe:
                 f"quantization recipe {self.name!r}: activations must be one of "
                 f"{', '.join(ACTIVATION_TYPES)}, got {self.activations!r}"
             )
-        if self.calibration not in CALIBRATION_METHODS:
-            raise UserError(
-                f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                f"got {self.calibration!r}"
-            )
+        check_calibration_method(self.calibration)
         if not 90.0 <= self.percentile <= 100.0:
             raise UserError(
                 f"quantization recipe {self.name!r}: percentile must be in [90, 100], "

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tl2edge.serve.config import BatchConfig
+
 log = logging.getLogger("tl2edge.serve.batching")
 
 # (batch size, per-request queue seconds, compute seconds)
@@ -40,21 +42,6 @@ class BatcherClosed(RuntimeError):
 
 class WrongInput(BatcherClosed):
     """Pixels checked for another version (other image size or type) than this batcher's."""
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    max_batch_size: int = 8
-    max_batch_delay_ms: float = 0.0
-    instances: int = 1  # concurrent model executions per model version
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max batch size ({self.max_batch_size}) must be at least 1")
-        if self.max_batch_delay_ms < 0:
-            raise ValueError(f"max batch delay ({self.max_batch_delay_ms} ms) must be >= 0")
-        if self.instances < 1:
-            raise ValueError(f"instances ({self.instances}) must be at least 1")
 
 
 @dataclass

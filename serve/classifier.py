@@ -84,14 +84,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         except InvalidInput:
             default = ""
         out = pb.ListModelsResponse()
-        repo = self.plane.repository
-        rows = [(name, versions, "") for name, versions in repo.models.items()]
-        rows += [
-            (a.name, repo.models[a.target], a.target)  # plain export names, see serve.aliases
-            for a in repo.aliases.values()
-            if a.target in repo.models and a.name not in repo.models
-        ]
-        for name, versions, target in sorted(rows, key=lambda r: r[0]):
+        for name, versions, target in self.plane.catalog():
             latest = versions[max(versions)]
             h, w = latest.image_size
             out.models.add(

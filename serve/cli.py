@@ -8,30 +8,39 @@ import logging
 import signal
 from pathlib import Path
 
-from tl2edge.errors import UserError
+# Light modules (no grpc, no onnxruntime): every default below comes from these dataclasses.
+from tl2edge.cli import field_default
+from tl2edge.serve.config import (
+    ARENA_STRATEGIES,
+    DEVICES,
+    GRAPH_OPTIMIZATIONS,
+    MODES,
+    OPENVINO_PRECISIONS,
+    BatchConfig,
+    RuntimeConfig,
+    ServeConfig,
+    VersionPolicy,
+)
+from tl2edge.serve.connections import ConnectionConfig
 
 log = logging.getLogger("tl2edge.serve")
 
-# ConnectionConfig field (serve/connections.py) -> (default, help). The defaults are repeated
-# because --help must not import grpc; a test checks that they agree.
+
+# ConnectionConfig field -> (default, help); the default is the dataclass's.
 CONNECTION_FLAGS = {
-    "keepalive_s": (60.0, "ping a silent connection after N s (default 60)"),
-    "keepalive_timeout_s": (20.0, "close it if the ping is unanswered for N s (default 20)"),
-    "min_client_ping_s": (10.0, "clients may send keepalive pings this often (default 10)"),
-    "max_connection_age_s": (
-        1800.0,
-        "ask clients to reconnect after N s, so load spreads to new replicas "
-        "(default 1800; 0 = never)",
-    ),
-    "max_connection_age_grace_s": (
-        0.0,
-        "then close the connection after N s even with open streams (default 0 = never)",
-    ),
-    "max_connection_idle_s": (
-        900.0,
-        "close connections without calls for N s (default 900; 0 = never)",
-    ),
-    "max_concurrent_streams": (100, "concurrent RPCs per connection (default 100)"),
+    name: (field_default(ConnectionConfig, name), text)
+    for name, text in {
+        "keepalive_s": "ping a silent connection after N s (default %(default)g)",
+        "keepalive_timeout_s": "close it if the ping is unanswered for N s (default %(default)g)",
+        "min_client_ping_s": "clients may send keepalive pings this often (default %(default)g)",
+        "max_connection_age_s": "ask clients to reconnect after N s, so load spreads to new "
+        "replicas (default %(default)g; 0 = never)",
+        "max_connection_age_grace_s": "then close the connection after N s even with open "
+        "streams (default %(default)g; 0 = never)",
+        "max_connection_idle_s": "close connections without calls for N s "
+        "(default %(default)g; 0 = never)",
+        "max_concurrent_streams": "concurrent RPCs per connection (default %(default)s)",
+    }.items()
 }
 
 
@@ -52,9 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model-version",
-        default="latest",
+        default=str(VersionPolicy()),
         metavar="POLICY",
-        help="versions to serve: latest (default), all, or numbers like 1,3",
+        help="versions to serve: latest, all, or numbers like 1,3 (default %(default)s)",
     )
     p.add_argument(
         "--default-model",
@@ -77,18 +86,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     net.add_argument(
         "--metrics-host",
-        default="127.0.0.1",
-        help="address of /metrics (default 127.0.0.1, this machine only; 0.0.0.0 or :: to scrape "
+        default=field_default(ServeConfig, "metrics_host"),
+        help="address of /metrics (default %(default)s, this machine only; 0.0.0.0 or :: to scrape "
         "from elsewhere)",
     )
     net.add_argument(
-        "--max-message-mb", type=int, default=64, help="largest request or response (default 64)"
+        "--max-message-mb",
+        type=int,
+        default=field_default(ServeConfig, "max_message_mb"),
+        help="largest request or response (default %(default)s)",
     )
     net.add_argument(
         "--max-concurrent-requests",
         type=int,
-        default=256,
-        help="beyond this, RESOURCE_EXHAUSTED (default 256)",
+        default=field_default(ServeConfig, "max_concurrent_requests"),
+        help="beyond this, RESOURCE_EXHAUSTED (default %(default)s)",
     )
     conn = p.add_argument_group("connections")
     for dest, (default, text) in CONNECTION_FLAGS.items():
@@ -98,51 +110,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev = p.add_argument_group("runtime")
     dev.add_argument(
         "--device",
-        default="auto",
-        choices=["auto", "cpu", "openvino", "cuda", "tensorrt"],
-        help="execution provider (default auto: measure each available one at load, keep "
+        default=field_default(RuntimeConfig, "device"),
+        choices=DEVICES,
+        help="execution provider (default %(default)s: measure each available one at load, keep "
         "the fastest; TensorRT only when asked)",
     )
     dev.add_argument(
         "--intra-op-threads",
         type=int,
-        default=0,
-        help="threads per model run (default 0 = one per core)",
+        default=field_default(RuntimeConfig, "intra_op_threads"),
+        help="threads per model run (default %(default)s = one per core)",
     )
     dev.add_argument(
         "--inter-op-threads",
         type=int,
-        default=0,
-        help="threads across graph branches (default 0 = ORT's choice)",
+        default=field_default(RuntimeConfig, "inter_op_threads"),
+        help="threads across graph branches (default %(default)s = ORT's choice)",
     )
     dev.add_argument(
-        "--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"]
+        "--graph-optimization",
+        default=field_default(RuntimeConfig, "graph_optimization"),
+        choices=GRAPH_OPTIMIZATIONS,
     )
-    dev.add_argument("--cuda-device-id", type=int, default=0)
     dev.add_argument(
-        "--cuda-mem-limit-mb", type=int, default=0, help="CUDA arena limit (default 0 = none)"
+        "--cuda-device-id", type=int, default=field_default(RuntimeConfig, "cuda_device_id")
+    )
+    dev.add_argument(
+        "--cuda-mem-limit-mb",
+        type=int,
+        default=field_default(RuntimeConfig, "cuda_mem_limit_mb"),
+        help="CUDA arena limit (default %(default)s = none)",
     )
     dev.add_argument(
         "--cuda-arena-extend-strategy",
-        default="kNextPowerOfTwo",
-        choices=["kNextPowerOfTwo", "kSameAsRequested"],
+        default=field_default(RuntimeConfig, "cuda_arena_extend_strategy"),
+        choices=ARENA_STRATEGIES,
     )
     add_openvino_arguments(dev)
     bat = p.add_argument_group("dynamic batching")
     bat.add_argument(
-        "--max-batch-size", type=int, default=8, help="images per model run (default 8)"
+        "--max-batch-size",
+        type=int,
+        default=field_default(BatchConfig, "max_batch_size"),
+        help="images per model run (default %(default)s)",
     )
     bat.add_argument(
         "--max-batch-delay-ms",
         type=float,
-        default=0.0,
-        help="wait this long for a batch to fill (default 0: batch what is queued)",
+        default=field_default(BatchConfig, "max_batch_delay_ms"),
+        help="wait this long for a batch to fill (default %(default)g: batch what is queued)",
     )
     bat.add_argument(
         "--instances",
         type=int,
-        default=1,
-        help="concurrent model runs per model version (default 1)",
+        default=field_default(BatchConfig, "instances"),
+        help="concurrent model runs per model version (default %(default)s)",
     )
     sec = p.add_argument_group("security")
     sec.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
@@ -161,14 +183,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ops.add_argument(
         "--grace-s",
         type=float,
-        default=30.0,
-        help="on SIGTERM, time for in-flight requests (default 30)",
+        default=field_default(ServeConfig, "grace_s"),
+        help="on SIGTERM, time for in-flight requests (default %(default)g)",
     )
-    ops.add_argument("--reload-interval-s", type=float, default=0.0, help="poll REPO for new versions every N s (default 0 = off; implies --model-control-mode poll)")  # fmt: skip
+    ops.add_argument(
+        "--reload-interval-s",
+        type=float,
+        default=field_default(ServeConfig, "reload_interval_s"),
+        help="poll REPO for new versions every N s (default %(default)g = off; implies "
+        "--model-control-mode poll)",
+    )
     ops.add_argument(
         "--model-control-mode",
-        choices=["none", "poll", "explicit"],
-        default="",
+        choices=MODES,
+        default=field_default(ServeConfig, "model_control_mode"),
         help="as Triton: none = the start-up models until exit; poll = reload from REPO every "
         "--reload-interval-s; explicit = only RepositoryModelLoad/Unload RPCs change models "
         "(default: poll if --reload-interval-s is set, else none)",
@@ -186,24 +214,30 @@ def add_openvino_arguments(group) -> None:  # type: ignore[no-untyped-def]
     """The OpenVINO options, shared with bench and evaluate (argparse only, no imports)."""
     group.add_argument(
         "--openvino-precision",
-        default="FP32",
-        choices=["FP32", "FP16", "ACCURACY"],
-        help="OpenVINO inference precision (default FP32: no bf16/fp16 down-conversion)",
+        default=field_default(RuntimeConfig, "openvino_precision"),
+        choices=OPENVINO_PRECISIONS,
+        help="OpenVINO inference precision (default %(default)s: no bf16/fp16 down-conversion)",
     )
     group.add_argument(
-        "--openvino-streams", type=int, default=0, help="OpenVINO streams (default 0: its own)"
+        "--openvino-streams",
+        type=int,
+        default=field_default(RuntimeConfig, "openvino_streams"),
+        help="OpenVINO streams (default %(default)s: its own)",
     )
     group.add_argument(
-        "--openvino-threads", type=int, default=0, help="OpenVINO threads (default 0: its own)"
+        "--openvino-threads",
+        type=int,
+        default=field_default(RuntimeConfig, "openvino_threads"),
+        help="OpenVINO threads (default %(default)s: its own)",
     )
     group.add_argument(
         "--openvino-cache-dir",
-        default="",
+        default=field_default(RuntimeConfig, "openvino_cache_dir"),
         help="keep compiled OpenVINO models here so the next start is fast",
     )
     group.add_argument(
         "--auto-cache-dir",
-        default="",
+        default=field_default(RuntimeConfig, "auto_cache_dir"),
         help="--device auto keeps its measurements per model file here; the next start "
         "opens only the chosen provider",
     )
@@ -221,85 +255,77 @@ def openvino_config(args: argparse.Namespace) -> dict:
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
-    # Defaults live in tl2edge.serve.limits, which imports grpc: repeated here as literals
-    # (a test checks they agree) so that --help stays light.
     lim = p.add_argument_group("memory limits")
     lim.add_argument(
         "--max-inflight-mb",
         type=int,
-        default=256,
+        default=field_default(ServeConfig, "max_inflight_mb"),
         help="request bytes (messages and decoded pixels) held at once; beyond it, "
-        "RESOURCE_EXHAUSTED (default 256)",
+        "RESOURCE_EXHAUSTED (default %(default)s)",
     )
     lim.add_argument(
         "--max-image-pixels",
         type=int,
-        default=25_000_000,
+        default=field_default(ServeConfig, "max_image_pixels"),
         help="largest width x height of an encoded image, checked from its header before "
-        "decoding; larger: INVALID_ARGUMENT (default 25000000)",
+        "decoding; larger: INVALID_ARGUMENT (default %(default)s)",
     )
     lim.add_argument(
         "--large-image-pixels",
         type=int,
-        default=4_000_000,
+        default=field_default(ServeConfig, "large_image_pixels"),
         help="a request whose images declare more pixels than this in total is decoded on a "
         "separate one-thread, low-priority lane, so it cannot delay small images "
-        "(default 4000000)",
+        "(default %(default)s)",
     )
     lim.add_argument(
         "--large-image-queue",
         type=int,
-        default=4,
+        default=field_default(ServeConfig, "large_image_queue"),
         help="requests with large images that may wait for that lane; beyond it, "
-        "RESOURCE_EXHAUSTED (default 4)",
+        "RESOURCE_EXHAUSTED (default %(default)s)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports only when serving for real.
     from tl2edge.serve.auth import read_token
-    from tl2edge.serve.batching import BatchConfig
-    from tl2edge.serve.connections import ConnectionConfig, address_family, host_port
-    from tl2edge.serve.repository import VersionPolicy
-    from tl2edge.serve.runtime import RuntimeConfig
-    from tl2edge.serve.server import ServeConfig
+    from tl2edge.serve.connections import address_family, host_port
 
-    try:
-        runtime = RuntimeConfig(
-            device=args.device,
-            intra_op_threads=args.intra_op_threads,
-            inter_op_threads=args.inter_op_threads,
-            graph_optimization=args.graph_optimization,
-            cuda_device_id=args.cuda_device_id,
-            cuda_mem_limit_mb=args.cuda_mem_limit_mb,
-            cuda_arena_extend_strategy=args.cuda_arena_extend_strategy,
-            probe_max_batch=max(1, args.max_batch_size),
-            **openvino_config(args),
-        )
-        config = ServeConfig(
-            batching=BatchConfig(args.max_batch_size, args.max_batch_delay_ms, args.instances),
-            version_policy=VersionPolicy.parse(args.model_version),
-            default_model=args.default_model,
-            max_message_mb=args.max_message_mb,
-            max_concurrent_requests=args.max_concurrent_requests,
-            max_inflight_mb=args.max_inflight_mb,
-            max_image_pixels=args.max_image_pixels,
-            large_image_pixels=args.large_image_pixels,
-            large_image_queue=args.large_image_queue,
-            grace_s=args.grace_s,
-            reload_interval_s=args.reload_interval_s,
-            model_control_mode=args.model_control_mode,
-            load_models=tuple(args.load_model),
-            connections=ConnectionConfig(**{d: getattr(args, d) for d in CONNECTION_FLAGS}),
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
-            metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-            metrics_host=args.metrics_host,
-        )
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    # Each config checks itself and raises UserError (`error: ...`, exit 2).
+    runtime = RuntimeConfig(
+        device=args.device,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
+        graph_optimization=args.graph_optimization,
+        cuda_device_id=args.cuda_device_id,
+        cuda_mem_limit_mb=args.cuda_mem_limit_mb,
+        cuda_arena_extend_strategy=args.cuda_arena_extend_strategy,
+        probe_max_batch=max(1, args.max_batch_size),
+        **openvino_config(args),
+    )
+    config = ServeConfig(
+        batching=BatchConfig(args.max_batch_size, args.max_batch_delay_ms, args.instances),
+        version_policy=VersionPolicy.parse(args.model_version),
+        default_model=args.default_model,
+        max_message_mb=args.max_message_mb,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_inflight_mb=args.max_inflight_mb,
+        max_image_pixels=args.max_image_pixels,
+        large_image_pixels=args.large_image_pixels,
+        large_image_queue=args.large_image_queue,
+        grace_s=args.grace_s,
+        reload_interval_s=args.reload_interval_s,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        connections=ConnectionConfig(**{d: getattr(args, d) for d in CONNECTION_FLAGS}),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_token=read_token(args.auth_token_file) if args.auth_token_file else None,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
     if args.reload_interval_s and args.model:
         log.warning("--reload-interval-s watches the --model path for new or changed versions")
     address_family(args.host, args.port, flag="--host")  # one clear line, before grpc's own

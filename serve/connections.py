@@ -37,11 +37,14 @@ class ConnectionConfig:
         }
         negative = [f"{flag} {value:g}" for flag, value in times.items() if value < 0]
         if negative:
-            raise ValueError(f"{', '.join(negative)}: times must be >= 0 seconds")
+            raise UserError(f"{', '.join(negative)}: times must be >= 0 seconds (0 = never)")
         if self.keepalive_s == 0 or self.keepalive_timeout_s == 0:
-            raise ValueError("--keepalive-s and --keepalive-timeout-s must be more than 0")
+            raise UserError(
+                f"--keepalive-s {self.keepalive_s:g}, --keepalive-timeout-s "
+                f"{self.keepalive_timeout_s:g}: both must be more than 0"
+            )
         if self.max_concurrent_streams < 1:
-            raise ValueError(
+            raise UserError(
                 f"--max-concurrent-streams ({self.max_concurrent_streams}) must be at least 1"
             )
 

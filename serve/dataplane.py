@@ -35,20 +35,22 @@ from tl2edge.images import (
     refuse_decompression_bombs,
     resize_rgb,
 )
+from tl2edge.serve.aliases import alias_parameters
 from tl2edge.serve.batching import BatcherClosed
+from tl2edge.serve.config import (
+    DEFAULT_LARGE_IMAGE_PIXELS,
+    DEFAULT_LARGE_IMAGE_QUEUE,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_INFLIGHT_MB,
+    BatchConfig,
+)
 from tl2edge.serve.errors import (
     InvalidInput,
     Overloaded,
     ServeError,
     Unavailable,
 )
-from tl2edge.serve.limits import (
-    DEFAULT_LARGE_IMAGE_PIXELS,
-    DEFAULT_LARGE_IMAGE_QUEUE,
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DEFAULT_MAX_INFLIGHT_MB,
-    ByteBudget,
-)
+from tl2edge.serve.limits import ByteBudget
 from tl2edge.serve.metrics import Metrics
 from tl2edge.serve.modelcontrol import IndexEntry, ModelControl
 from tl2edge.serve.repository import LoadedModel, ModelRepository
@@ -147,6 +149,47 @@ class DataPlane:
         if not name:
             name = self.default_model_name()
         return self.repository.get(name, version)
+
+    def get(self, name: str, version: str | int = "") -> LoadedModel:
+        """Exactly the model asked for (no default model): ModelNotFound otherwise."""
+        return self.repository.get(name, version)
+
+    def versions(self, name: str) -> list[int]:
+        """The loaded versions of served model `name` (empty when none)."""
+        return list(self.repository.models.get(name, {}))
+
+    @property
+    def batching(self) -> BatchConfig:
+        return self.repository.batching
+
+    def alias_parameters(self, asked: str, served: str) -> dict[str, str]:
+        """How plain export name `asked` resolved to `served` (see serve.aliases)."""
+        return alias_parameters(self.repository, asked, served)
+
+    def loaded(self, name: str = "", version: str | int = "") -> list[LoadedModel]:
+        """Every loaded model version; with `name`, that model's (a plain export name: its
+        variant's); with `version` too, that one. ModelNotFound for an unknown one."""
+        repo = self.repository
+        if not name:
+            return repo.all()
+        if version:
+            return [repo.get(name, version)]
+        resolved = repo.resolve(name)
+        if not repo.models.get(resolved):
+            repo.get(resolved)  # raises NOT_FOUND with the known names
+        return list(repo.models[resolved].values())
+
+    def catalog(self) -> list[tuple[str, dict[int, LoadedModel], str]]:
+        """(name, versions, resolves_to) of every served model and of every plain export name
+        that resolves to one (resolves_to "" for a model itself), sorted by name."""
+        repo = self.repository
+        rows = [(name, versions, "") for name, versions in repo.models.items()]
+        rows += [
+            (a.name, repo.models[a.target], a.target)
+            for a in repo.aliases.values()
+            if a.target in repo.models and a.name not in repo.models
+        ]
+        return sorted(rows, key=lambda r: r[0])
 
     def default_model_name(self) -> str:
         if self.default_model:

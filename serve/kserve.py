@@ -20,12 +20,10 @@ from tl2edge import __version__
 from tl2edge._proto import grpc_service_pb2 as pb
 from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc
 from tl2edge._proto import model_config_pb2 as mc
-from tl2edge.serve.aliases import alias_parameters
-from tl2edge.serve.dataplane import MAX_IMAGES_PER_REQUEST, DataPlane, top_k
+from tl2edge.serve.dataplane import MAX_IMAGES_PER_REQUEST, DataPlane, LoadedModel, top_k
 from tl2edge.serve.errors import InvalidInput, ServeError, rpc_errors, stream_error_text
 from tl2edge.serve.limits import element_count, shown
 from tl2edge.serve.providers import CUDA, TENSORRT, selection_parameters
-from tl2edge.serve.repository import LoadedModel
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = [
@@ -230,7 +228,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, api: str) -> pb.ModelInferResponse:
         async with self.plane.admit(api, request.model_name, held_bytes(request)):
-            model = self.plane.repository.get(request.model_name, request.model_version)
+            model = self.plane.get(request.model_name, request.model_version)
             k = _classification_k(request, model)
             data = request_input(request, model)
             if isinstance(data, list):
@@ -273,7 +271,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc_errors
     async def ModelReady(self, request, context):
         try:
-            self.plane.repository.get(request.name, request.version)
+            self.plane.get(request.name, request.version)
         except ServeError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.plane.ready and not self.plane.draining)
@@ -284,11 +282,10 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc_errors
     async def ModelMetadata(self, request, context):
-        model = self.plane.repository.get(request.name, request.version)
-        versions = self.plane.repository.models.get(model.name, {})
+        model = self.plane.get(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=model.name,
-            versions=[str(v) for v in versions],
+            versions=[str(v) for v in self.plane.versions(model.name)],
             platform=PLATFORM,
             inputs=[
                 pb.ModelMetadataResponse.TensorMetadata(
@@ -306,8 +303,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc_errors
     async def ModelConfig(self, request, context):
-        model = self.plane.repository.get(request.name, request.version)
-        batching = self.plane.repository.batching
+        model = self.plane.get(request.name, request.version)
+        batching = self.plane.batching
         gpu = any(p in (CUDA, TENSORRT) for p in model.providers)
         config = mc.ModelConfig(
             name=model.name,
@@ -338,7 +335,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             ),
         )
         params = {
-            **alias_parameters(self.plane.repository, request.name, model.name),
+            **self.plane.alias_parameters(request.name, model.name),
             "version": str(model.version),
             "variant": model.manifest.variant,
             "labels": json.dumps(model.labels),
@@ -352,21 +349,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc_errors
     async def ModelStatistics(self, request, context):
-        repo = self.plane.repository
-        if request.name:
-            name = repo.resolve(request.name)  # a plain export name: its variant's statistics
-            versions = repo.models.get(name)
-            if not versions:
-                repo.get(name)  # raises NOT_FOUND with the known names
-            models = (
-                [repo.get(name, request.version)]
-                if request.version
-                else list(
-                    versions.values()  # type: ignore[union-attr]
-                )
-            )
-        else:
-            models = repo.all()
+        models = self.plane.loaded(request.name, request.version)
         return pb.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
 
     # Model repository extension; the server has one repository, `repository_name` is unused.

@@ -17,13 +17,6 @@ from tl2edge.serve.errors import InvalidInput, Overloaded
 
 MAX_RANK = 8  # dimensions of an input tensor
 MAX_DIM = 2**31 - 1  # size of one dimension
-DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # a 25 MP photo; far above any classifier's input
-DEFAULT_MAX_INFLIGHT_MB = 256
-# A request whose images declare more pixels than this in total is decoded on its own
-# one-thread lane, so a few big photos cannot hold up the many small ones; 4 MP is ~80x a
-# 224x224 model input. At most this many such requests wait behind the one decoding.
-DEFAULT_LARGE_IMAGE_PIXELS = 4_000_000
-DEFAULT_LARGE_IMAGE_QUEUE = 4
 MAX_SHOWN = 80  # characters of a client string quoted back in an error message
 
 

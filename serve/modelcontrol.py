@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 from tl2edge.errors import UserError
+from tl2edge.serve.config import MODES
 from tl2edge.serve.errors import ModelNotFound, NotAllowed
 from tl2edge.serve.repository import ModelRepository
 
 log = logging.getLogger("tl2edge.serve.modelcontrol")
 
-MODES = ("none", "poll", "explicit")
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
 # Parameters of Triton's load request that would change the model's files or config.
@@ -45,7 +45,7 @@ class ModelControl:
         on_change: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"model control mode {mode!r}: use one of {', '.join(MODES)}")
+            raise UserError(f"model control mode {mode!r}: use one of {', '.join(MODES)}")
         self.repository = repository
         self.mode = mode
         self.on_change = on_change

@@ -37,6 +37,8 @@ import numpy as np
 import onnxruntime as ort
 
 from tl2edge.errors import UserError
+from tl2edge.host import cpu_name
+from tl2edge.serve.config import DEVICES, RuntimeConfig
 
 log = logging.getLogger("tl2edge.serve.providers")
 
@@ -44,21 +46,18 @@ CPU = "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-DEVICES = ("auto", "cpu", "openvino", "cuda", "tensorrt")
 PROVIDER = {"cpu": CPU, "openvino": OPENVINO, "cuda": CUDA, "tensorrt": TENSORRT}
 DEVICE_OF = {p: d for d, p in PROVIDER.items()}
 # Simplest first: on a tie `auto` keeps the earlier one (fewer libraries, fewer surprises).
 SIMPLICITY = ("cpu", "openvino", "cuda", "tensorrt")
 AUTO_MARGIN = 0.05  # another provider must be >5% faster than a simpler one to be chosen
 OPENVINO_PLUGIN = "onnxruntime_ep_openvino"
-OPENVINO_PRECISIONS = ("FP32", "FP16", "ACCURACY")
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-ARENA_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
 _GPU_INSTALL = (
     "install onnxruntime-gpu (pip install 'tl2edge[serve,gpu]', then pip uninstall "
     "onnxruntime) on a machine with an NVIDIA driver"
@@ -73,61 +72,6 @@ INSTALL = {
 
 class DeviceUnavailable(UserError):
     """The requested execution provider cannot be used (a start-up error, not per request)."""
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """How sessions are created. 0 threads/streams = the runtime's own default."""
-
-    device: str = "auto"
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    graph_optimization: str = "all"
-    cuda_device_id: int = 0
-    cuda_mem_limit_mb: int = 0  # 0 = no limit
-    cuda_arena_extend_strategy: str = "kNextPowerOfTwo"
-    # FP32 keeps fp32 math (no bf16 on AMX CPUs); ACCURACY keeps the model's own precision.
-    openvino_precision: str = "FP32"
-    openvino_streams: int = 0
-    openvino_threads: int = 0
-    openvino_cache_dir: str = ""
-    probe_max_batch: int = 8  # the largest batch `auto` times (serve: --max-batch-size)
-    auto_cache_dir: str = ""  # where `auto` keeps its measurements per model file
-
-    def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
-        if self.graph_optimization not in OPT_LEVELS:
-            raise ValueError(
-                f"graph optimization {self.graph_optimization!r} is not one of {', '.join(OPT_LEVELS)}"
-            )
-        if self.cuda_arena_extend_strategy not in ARENA_STRATEGIES:
-            raise ValueError(
-                f"CUDA arena strategy {self.cuda_arena_extend_strategy!r} is not one of "
-                f"{', '.join(ARENA_STRATEGIES)}"
-            )
-        if self.openvino_precision not in OPENVINO_PRECISIONS:
-            raise ValueError(
-                f"OpenVINO precision {self.openvino_precision!r} is not one of "
-                f"{', '.join(OPENVINO_PRECISIONS)}"
-            )
-        counts = (
-            self.intra_op_threads,
-            self.inter_op_threads,
-            self.cuda_mem_limit_mb,
-            self.openvino_streams,
-            self.openvino_threads,
-        )
-        if min(counts) < 0:
-            raise ValueError("thread and stream counts and the CUDA memory limit must be >= 0")
-        if self.probe_max_batch < 1:
-            raise ValueError(f"probe batch size ({self.probe_max_batch}) must be at least 1")
-
-    def __str__(self) -> str:
-        return (
-            f"device={self.device} threads={self.intra_op_threads or 'auto'}/"
-            f"{self.inter_op_threads or 'auto'} opt={self.graph_optimization}"
-        )
 
 
 # -- availability ---------------------------------------------------------------------------
@@ -469,21 +413,11 @@ def _probe_cache_file(
             digest.update(chunk)
     key = json.dumps(
         [digest.hexdigest(), candidates, batch, ort.__version__, platform.node(),
-         _cpu_name(), [provider_options(d, config) for d in candidates],
+         cpu_name(), [provider_options(d, config) for d in candidates],
          config.intra_op_threads, config.inter_op_threads, config.graph_optimization],
     )  # fmt: skip
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
     return Path(config.auto_cache_dir) / f"tl2edge-auto-{name}.json"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def _read_probes(cache: Path | None) -> list[Probe]:

@@ -23,7 +23,8 @@ import onnxruntime as ort
 from tl2edge import manifest as mf
 from tl2edge.errors import UserError
 from tl2edge.serve.aliases import Alias, resolve_aliases
-from tl2edge.serve.batching import BatchConfig, Batcher
+from tl2edge.serve.batching import Batcher
+from tl2edge.serve.config import BatchConfig, VersionPolicy
 from tl2edge.serve.errors import ModelNotFound
 from tl2edge.serve.limits import shown
 from tl2edge.serve.metrics import ModelStats
@@ -33,39 +34,6 @@ from tl2edge.serve.runtime import RuntimeConfig, Selection, create_session, warm
 log = logging.getLogger("tl2edge.serve.repository")
 
 NUMPY_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
-
-
-@dataclass(frozen=True)
-class VersionPolicy:
-    """Which versions of each model to serve: `latest`, `all`, or specific numbers `1,3`."""
-
-    kind: str = "latest"
-    versions: tuple[int, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> VersionPolicy:
-        text = text.strip().lower()
-        if text in ("latest", "all"):
-            return cls(text)
-        try:
-            versions = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-        except ValueError:
-            versions = ()
-        if not versions or min(versions) < 1:
-            raise ValueError(
-                f"version policy {text!r}: use 'latest', 'all' or version numbers like '1,3'"
-            )
-        return cls("specific", versions)
-
-    def select(self, available: list[int]) -> list[int]:
-        if self.kind == "all":
-            return list(available)
-        if self.kind == "latest":
-            return available[-1:]
-        return [v for v in available if v in self.versions]
-
-    def __str__(self) -> str:
-        return self.kind if self.kind != "specific" else ",".join(map(str, self.versions))
 
 
 @dataclass

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -28,24 +27,16 @@ from tl2edge._proto import classifier_pb2, classifier_pb2_grpc, grpc_service_pb2
 from tl2edge._proto import grpc_service_pb2_grpc as kserve_grpc
 from tl2edge.errors import UserError
 from tl2edge.serve.auth import TokenAuth
-from tl2edge.serve.batching import BatchConfig
 from tl2edge.serve.classifier import ClassifierServicer
-from tl2edge.serve.connections import ConnectionConfig
+from tl2edge.serve.config import RuntimeConfig, ServeConfig
 from tl2edge.serve.dataplane import DataPlane
 from tl2edge.serve.health import DrainingHealthServicer
 from tl2edge.serve.kserve import KServeServicer
-from tl2edge.serve.limits import (
-    DEFAULT_LARGE_IMAGE_PIXELS,
-    DEFAULT_LARGE_IMAGE_QUEUE,
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DEFAULT_MAX_INFLIGHT_MB,
-)
 from tl2edge.serve.metrics import Metrics
-from tl2edge.serve.modelcontrol import MODES, ModelControl
+from tl2edge.serve.modelcontrol import ModelControl
 from tl2edge.serve.providers import publish_selections
 from tl2edge.serve.reflection import enable_reflection
-from tl2edge.serve.repository import ModelRepository, VersionPolicy
-from tl2edge.serve.runtime import RuntimeConfig
+from tl2edge.serve.repository import ModelRepository
 
 log = logging.getLogger("tl2edge.serve")
 
@@ -53,70 +44,6 @@ KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceServ
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Everything about serving except the models and the runtime."""
-
-    batching: BatchConfig = field(default_factory=BatchConfig)
-    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
-    default_model: str | None = None
-    max_message_mb: int = 64
-    max_concurrent_requests: int = 256
-    max_inflight_mb: int = DEFAULT_MAX_INFLIGHT_MB
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    large_image_pixels: int = DEFAULT_LARGE_IMAGE_PIXELS
-    large_image_queue: int = DEFAULT_LARGE_IMAGE_QUEUE
-    grace_s: float = 30.0
-    reload_interval_s: float = 0.0  # poll interval of --model-control-mode poll
-    model_control_mode: str = ""  # none|poll|explicit; "": poll if reload_interval_s else none
-    load_models: tuple[str, ...] = ()  # explicit mode: served from start-up (empty: all)
-    connections: ConnectionConfig = field(default_factory=ConnectionConfig)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None  # set: clients must present a certificate it signed
-    auth_token: str | None = None
-    metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
-    metrics_host: str = "127.0.0.1"
-
-    def __post_init__(self) -> None:
-        if self.max_message_mb < 1:
-            raise ValueError(f"max message size ({self.max_message_mb} MB) must be at least 1")
-        if self.max_concurrent_requests < 1:
-            raise ValueError(
-                f"max concurrent requests ({self.max_concurrent_requests}) must be at least 1"
-            )
-        if self.max_inflight_mb < 1:
-            raise ValueError(f"max in-flight size ({self.max_inflight_mb} MB) must be at least 1")
-        if self.max_image_pixels < 1:
-            raise ValueError(f"max image pixels ({self.max_image_pixels}) must be at least 1")
-        if self.large_image_pixels < 1:
-            raise ValueError(f"large image pixels ({self.large_image_pixels}) must be at least 1")
-        if self.large_image_queue < 0:
-            raise ValueError(f"large image queue ({self.large_image_queue}) must be at least 0")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("TLS needs both --tls-cert and --tls-key")
-        if self.tls_client_ca and not self.tls_cert:
-            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key too")
-        if self.grace_s < 0 or self.reload_interval_s < 0:
-            raise ValueError("grace and reload interval must be >= 0 seconds")
-        object.__setattr__(self, "model_control_mode", self._control_mode())
-
-    def _control_mode(self) -> str:
-        mode = self.model_control_mode or ("poll" if self.reload_interval_s > 0 else "none")
-        if mode not in MODES:
-            raise ValueError(f"--model-control-mode {mode!r}: use one of {', '.join(MODES)}")
-        if mode == "poll" and not self.reload_interval_s:
-            raise ValueError("--model-control-mode poll needs --reload-interval-s N (> 0)")
-        if mode != "poll" and self.reload_interval_s:
-            raise ValueError(
-                f"--reload-interval-s polls the repository: it goes with --model-control-mode "
-                f"poll, not {mode}"
-            )
-        if self.load_models and mode != "explicit":
-            raise ValueError("--load-model needs --model-control-mode explicit")
-        return mode
 
 
 def _read(path: Path, what: str) -> bytes:

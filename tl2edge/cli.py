@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import logging
 import sys
+from typing import Any
 
 from tl2edge import __version__
 from tl2edge.errors import UserError
@@ -43,6 +45,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 # Commands that may load TensorFlow: its C++ start-up lines are filtered unless --log-level DEBUG.
 TENSORFLOW_COMMANDS = ("train", "prune", "backbone", "export", "bench", "demo")
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass field `name`: subcommands take their flag defaults from their
+    config dataclasses, so each default is written once."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def _common_options() -> argparse.ArgumentParser:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
+from tl2edge.cli import field_default
 from tl2edge.train.config import TrainConfig
 from tl2edge.train.recipes import SCHEDULES, STRATEGIES
 
-D = TrainConfig.__dataclass_fields__
-
-
-def _default(name: str):
-    return D[name].default
+_default = functools.partial(field_default, TrainConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

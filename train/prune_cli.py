@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
+from tl2edge.cli import field_default
 from tl2edge.train.prune import METHODS, NORMS
 from tl2edge.train.prune_fit import PruneConfig
 
-D = PruneConfig.__dataclass_fields__
-
-
-def _default(name: str):
-    return D[name].default
+_default = functools.partial(field_default, PruneConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

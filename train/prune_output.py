@@ -18,6 +18,7 @@ import numpy as np
 
 from tl2edge import rundir
 from tl2edge.fsutil import atomic_dir
+from tl2edge.host import cpu_name
 from tl2edge.rundir import RunDir
 from tl2edge.train.flops import human
 from tl2edge.train.prune_fit import CONFIG_FILE, LINEAGE_FILE, PruneConfig, PruneResult
@@ -169,7 +170,7 @@ def measure_onnx(parent, pruned, data, *, device: str, seconds: float, work: Pat
     out: dict[str, Any] = {
         "device": device,
         "provider": sessions["parent-fp32"].get_providers()[0],
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "rounds": ROUNDS,
         "variants": {},
     }
@@ -201,12 +202,6 @@ def measure_onnx(parent, pruned, data, *, device: str, seconds: float, work: Pat
         for prec in ("fp32", "int8")
     }
     return out
-
-
-def _cpu_name() -> str:
-    from tl2edge.export.api import _cpu_name as cpu
-
-    return cpu()
 
 
 def prune_markdown(lineage: dict, costs: dict, measured: dict | None, result: PruneResult) -> str:

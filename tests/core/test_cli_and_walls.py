@@ -99,3 +99,32 @@ def test_no_source_file_of_core_or_serve_mentions_a_heavy_import():
                 if n.split(".")[0] in HEAVY
             ]
     assert not offenders, offenders
+
+
+def test_cpu_name_is_the_model_line_of_proc_cpuinfo():
+    from pathlib import Path
+
+    from tl2edge.host import cpu_name
+
+    name = cpu_name()
+    assert name
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = [ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        if lines:
+            assert name == lines[0].split(":", 1)[1].strip()
+
+
+def test_flag_defaults_come_from_the_config_dataclasses():
+    from tl2edge.cli import build_parser
+    from tl2edge.export.config import ExportConfig
+    from tl2edge.train.config import TrainConfig
+
+    train = build_parser("train").parse_args(["train", "data", "--out", "run"])
+    assert train.epochs_head == TrainConfig.__dataclass_fields__["epochs_head"].default
+    export = build_parser("export").parse_args(
+        ["export", "run", "--repository", "r", "--name", "m"]
+    )
+    assert (
+        export.calibration_method == ExportConfig.__dataclass_fields__["calibration_method"].default
+    )

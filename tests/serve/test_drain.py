@@ -23,6 +23,7 @@ from servekit import ServerThread, random_pixels, start_cli_server
 from tl2edge._proto import classifier_pb2 as cpb
 from tl2edge._proto import classifier_pb2_grpc as cpb_grpc
 from tl2edge.client import Client
+from tl2edge.errors import UserError
 from tl2edge.serve.cli import CONNECTION_FLAGS
 from tl2edge.serve.connections import ConnectionConfig
 from tl2edge.serve.dataplane import ordered_stream
@@ -97,9 +98,9 @@ def test_connection_flags_defaults_agree_and_reach_grpc():
     custom = dict(ConnectionConfig(max_connection_age_s=0, max_connection_age_grace_s=5).options())
     assert "grpc.max_connection_age_ms" not in custom
     assert custom["grpc.max_connection_age_grace_ms"] == 5000
-    with pytest.raises(ValueError, match="--max-connection-idle-s -1"):
+    with pytest.raises(UserError, match="--max-connection-idle-s -1"):
         ConnectionConfig(max_connection_idle_s=-1)
-    with pytest.raises(ValueError, match="--max-concurrent-streams"):
+    with pytest.raises(UserError, match="--max-concurrent-streams"):
         ConnectionConfig(max_concurrent_streams=0)
 
 

@@ -125,11 +125,11 @@ def test_other_modes_refuse_load_and_unload_but_answer_the_index(repo):
 def test_mode_flags_are_checked():
     assert ServeConfig(reload_interval_s=5).model_control_mode == "poll"
     assert ServeConfig().model_control_mode == "none"
-    with pytest.raises(ValueError, match="needs --reload-interval-s"):
+    with pytest.raises(UserError, match="needs --reload-interval-s"):
         ServeConfig(model_control_mode="poll")
-    with pytest.raises(ValueError, match="goes with --model-control-mode poll"):
+    with pytest.raises(UserError, match="goes with --model-control-mode poll"):
         ServeConfig(model_control_mode="explicit", reload_interval_s=5)
-    with pytest.raises(ValueError, match="--load-model needs"):
+    with pytest.raises(UserError, match="--load-model needs"):
         ServeConfig(load_models=("a",))
 
 

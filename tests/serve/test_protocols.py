@@ -10,6 +10,7 @@ Run: .venv/bin/pytest tests/serve/test_protocols.py -q
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,13 @@ def test_official_tritonclient_against_the_server(server, repo, tmp_path):
     assert params["resolved_from"]["string_value"] == "tiny"
     assert params["variant"]["string_value"] == "int8"
     np.testing.assert_allclose(np.array(plain["probs"], np.float32), expected, rtol=1e-6)
+
+
+def test_servicers_reach_models_only_through_the_data_plane():
+    import tl2edge.serve.classifier as classifier
+    import tl2edge.serve.kserve as kserve
+
+    for module in (kserve, classifier):
+        source = Path(module.__file__).read_text()
+        assert not re.search(r"plane\.repository\b", source), module.__name__
+        assert "serve.repository import" not in source, module.__name__

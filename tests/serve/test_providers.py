@@ -25,8 +25,10 @@ from servekit import ServerThread
 from tl2edge._proto import grpc_service_pb2 as pb
 from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc
 from tl2edge.cli import main
+from tl2edge.errors import UserError
 from tl2edge.manifest import Manifest
 from tl2edge.serve import providers as pv
+from tl2edge.serve.config import GRAPH_OPTIMIZATIONS
 from tl2edge.serve.server import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,10 +93,12 @@ def test_option_plumbing_per_provider():
         },
     )
     assert pv.provider_options("openvino", pv.RuntimeConfig()) == {"precision": "FP32"}
-    with pytest.raises(ValueError, match="OpenVINO precision 'BF16' is not one of"):
+    with pytest.raises(UserError, match="OpenVINO precision 'BF16' is not one of"):
         pv.RuntimeConfig(openvino_precision="BF16")
-    with pytest.raises(ValueError, match="device 'gpu' is not one of"):
+    with pytest.raises(UserError, match="device 'gpu' is not one of"):
         pv.RuntimeConfig(device="gpu")
+    # RuntimeConfig (no onnxruntime import) accepts exactly the levels sessions know.
+    assert tuple(pv.OPT_LEVELS) == GRAPH_OPTIMIZATIONS
 
 
 def test_gpu_devices_missing_or_silently_dropped(monkeypatch):

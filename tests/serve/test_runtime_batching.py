@@ -13,6 +13,7 @@ import pytest
 from servekit import ServerThread, random_pixels
 
 from tl2edge.client import Client
+from tl2edge.errors import UserError
 from tl2edge.serve import runtime
 from tl2edge.serve.batching import BatchConfig, Batcher
 from tl2edge.serve.providers import DeviceUnavailable
@@ -35,16 +36,16 @@ def test_explicit_cuda_or_tensorrt_without_it_fails_clearly(repo):
 
 
 def test_configs_validate_with_the_fix_in_the_message():
-    with pytest.raises(ValueError, match="device 'gpu' is not one of"):
+    with pytest.raises(UserError, match="device 'gpu' is not one of"):
         runtime.RuntimeConfig(device="gpu")
-    with pytest.raises(ValueError, match=r"max batch size \(0\)"):
+    with pytest.raises(UserError, match=r"max batch size \(0\)"):
         BatchConfig(max_batch_size=0)
-    with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):
+    with pytest.raises(UserError, match="both --tls-cert and --tls-key"):
         ServeConfig(tls_cert="x.pem")  # type: ignore[arg-type]
     assert VersionPolicy.parse("latest").select([1, 2, 5]) == [5]
     assert VersionPolicy.parse("all").select([1, 2]) == [1, 2]
     assert VersionPolicy.parse("2, 5").select([1, 2, 3]) == [2]
-    with pytest.raises(ValueError, match="'latest', 'all'"):
+    with pytest.raises(UserError, match="'latest', 'all'"):
         VersionPolicy.parse("newest")
 
 
@@ -54,6 +55,35 @@ def _tagging_model(calls: list[int]):  # type: ignore[no-untyped-def]
         return batch[:, :1] * 2  # each output row is its own input row, doubled
 
     return run
+
+
+def test_serve_flag_defaults_are_the_config_defaults():
+    import argparse
+
+    from tl2edge.serve.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--repository", "r"])
+    serve, run, batch = ServeConfig(), runtime.RuntimeConfig(), BatchConfig()
+    assert args.max_batch_size == batch.max_batch_size == 8
+    assert (args.max_batch_delay_ms, args.instances) == (batch.max_batch_delay_ms, batch.instances)
+    for name in ("max_message_mb", "max_concurrent_requests", "grace_s", "reload_interval_s"):
+        assert getattr(args, name) == getattr(serve, name), name
+    assert args.metrics_host == serve.metrics_host
+    assert VersionPolicy.parse(args.model_version) == serve.version_policy
+    for name in ("device", "intra_op_threads", "graph_optimization", "openvino_precision"):
+        assert getattr(args, name) == getattr(run, name), name
+
+
+def test_a_bad_serve_flag_is_one_error_line(capsys):
+    from tl2edge.cli import main
+
+    code = main(["serve", "--repository", "r", "--max-batch-delay-ms", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "max batch delay (-1.0 ms) must be >= 0 (--max-batch-delay-ms)" in err
+    assert "Traceback" not in err
 
 
 def test_batcher_coalesces_splits_and_keeps_rows_matched():
