@@ -46,7 +46,7 @@ def _test_accuracy(run: Path, test_dir: Path, size: int) -> float:
     import numpy as np
 
     from tl2edge.images import decode_rgb, scan_image_folder
-    from tl2edge.rundir import RunDir
+    from tl2edge.rundir import HISTORY, RunDir
     from tl2edge.train.model import load_inference_model
 
     folder = scan_image_folder(test_dir)
@@ -73,7 +73,7 @@ def main() -> None:
     import keras
 
     from tl2edge.logs import quiet_tensorflow
-    from tl2edge.rundir import RunDir
+    from tl2edge.rundir import HISTORY, RunDir
     from tl2edge.synth import write_dataset
     from tl2edge.train.config import TrainConfig
     from tl2edge.train.fit import train
@@ -122,7 +122,7 @@ def main() -> None:
                     "recipe": name,
                     "val_accuracy": record["val_accuracy"],
                     "test_accuracy": _test_accuracy(run, test, 32),
-                    "epochs_run": len(json.loads((run / "history.json").read_text())),
+                    "epochs_run": len(json.loads(RunDir.open(run).file(HISTORY).read_text())),
                     "train_s": round(seconds, 1),
                 }
                 rows.append(row)
