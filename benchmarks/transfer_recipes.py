@@ -46,7 +46,7 @@ def _test_accuracy(run: Path, test_dir: Path, size: int) -> float:
     import numpy as np
 
     from tl2edge.images import decode_rgb, scan_image_folder
-    from tl2edge.rundir import HISTORY, RunDir
+    from tl2edge.rundir import RunDir
     from tl2edge.train.model import load_inference_model
 
     folder = scan_image_folder(test_dir)
