@@ -6,6 +6,7 @@ This is the only part of the export stage that needs TensorFlow (to load the Ker
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +82,10 @@ class Images:
     image_size: int = 0
 
 
-def load_run_images(run: Run, *, allow_changed_data: bool = False) -> tuple[Images, Images]:
-    """(training, validation) images of the run: the files of its saved split, after checking
-    that the data dir is what training saw (see `RunDir.check_data`)."""
+def load_run_data(run: Run, *, allow_changed_data: bool = False):
+    """The run's data (`tl2edge.train.data.Data`): the files of its saved split, after checking
+    that the data dir is what training saw (see `RunDir.check_data`). The validation images
+    are always decoded; training images too big for memory stay on disk (`x` None)."""
     from tl2edge.train.data import load_data, load_saved_split
 
     split = run.dir.check_data(allow_changed=allow_changed_data)
@@ -125,13 +127,19 @@ def load_run_images(run: Run, *, allow_changed_data: bool = False) -> tuple[Imag
             f"the data dir {run.config['data_dir']} now has classes {list(data.classes)}, but the "
             f"run was trained on {list(run.labels)}; restore the folder as it was for training"
         )
-    if data.train.x is None:  # too big for memory: decode the validation images only
-        train = Images(None, paths=tuple(data.train.files()), image_size=run.image_size)
-        if data.val.x is None:
-            val_x = np.stack([decode_rgb(p, run.image_size) for p in data.val.files()])
-            return train, Images(val_x, data.val.y)
-        return train, Images(data.val.x, data.val.y)
-    return Images(data.train.x), Images(data.val.x, data.val.y)
+    if data.val.x is None:  # streamed: the validation images are few enough to decode
+        val = dataclasses.replace(data.val, x=data.val.pixels(np.arange(len(data.val))))
+        data = dataclasses.replace(data, val=val)
+    return data
+
+
+def load_run_images(run: Run, *, allow_changed_data: bool = False) -> tuple[Images, Images]:
+    """(training, validation) images of the run's saved split (see `load_run_data`)."""
+    data = load_run_data(run, allow_changed_data=allow_changed_data)
+    val = Images(data.val.x, data.val.y)
+    if data.train.x is None:  # too big for memory: only the calibration sample is decoded
+        return Images(None, paths=tuple(data.train.files()), image_size=run.image_size), val
+    return Images(data.train.x), val
 
 
 def load_calibration_dir(folder: str | Path, *, image_size: int) -> Images:

@@ -137,9 +137,8 @@ class PruneResult:
 def read_parent(run_dir: str | Path, *, allow_changed_data: bool = False):
     """The parent run (checked complete), its training config, model and data: the exact
     train/validation split training saved (a run from before split.json replays it)."""
-    from tl2edge.export.rundir import load_keras_model, open_run
+    from tl2edge.export.rundir import load_keras_model, load_run_data, open_run
     from tl2edge.train.config import TrainConfig
-    from tl2edge.train.data import load_data, load_saved_split
 
     run = open_run(run_dir)
     cfg = TrainConfig.from_json(run.config)
@@ -148,24 +147,7 @@ def read_parent(run_dir: str | Path, *, allow_changed_data: bool = False):
             f"the run's data dir {cfg.data_dir} (from {run.dir.file(rundir.CONFIG)}) does not "
             "exist here; pruning fine-tunes on its training images: restore the folder at that path"
         )
-    split = run.dir.check_data(allow_changed=allow_changed_data)
-    if split is not None:
-        train_files, val_files = run.dir.split_files(split)
-        data = load_saved_split(split, train_files, val_files, image_size=cfg.image_size)
-    else:
-        data = load_data(
-            cfg.data_dir,
-            image_size=cfg.image_size,
-            val_dir=cfg.val_dir,
-            val_split=cfg.val_split,
-            seed=cfg.seed,
-            skip_bad_images=cfg.skip_bad_images,
-        )
-    if tuple(data.classes) != run.labels:
-        raise UserError(
-            f"the data dir {cfg.data_dir} now has classes {list(data.classes)}, but the run was "
-            f"trained on {list(run.labels)}; restore the folder as it was for training"
-        )
+    data = load_run_data(run, allow_changed_data=allow_changed_data)
     return run, cfg, load_keras_model(run), data
 
 
