@@ -24,6 +24,7 @@ from tl2edge.serve.dataplane import MAX_IMAGES_PER_REQUEST, DataPlane, LoadedMod
 from tl2edge.serve.errors import InvalidInput, ServeError, rpc_errors, stream_error_text
 from tl2edge.serve.limits import element_count, shown
 from tl2edge.serve.providers import CUDA, TENSORRT, selection_parameters
+from tl2edge.serve.wire import Refused
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = [
@@ -226,7 +227,12 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
 
-    async def _infer(self, request: pb.ModelInferRequest, api: str) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest | Refused, api: str
+    ) -> pb.ModelInferResponse:
+        if isinstance(request, Refused):  # settled by serve/wire.py before parsing
+            async with self.plane.admit(api, request.model_name):
+                raise request.error
         async with self.plane.admit(api, request.model_name, held_bytes(request)):
             model = self.plane.get(request.model_name, request.model_version)
             k = _classification_k(request, model)

@@ -37,6 +37,7 @@ from tl2edge.serve.modelcontrol import ModelControl
 from tl2edge.serve.providers import publish_selections
 from tl2edge.serve.reflection import enable_reflection
 from tl2edge.serve.repository import ModelRepository
+from tl2edge.serve.wire import ScreenInferRequests
 
 log = logging.getLogger("tl2edge.serve")
 
@@ -233,7 +234,10 @@ async def create_server(
     plane.control.select_startup_models(config.load_models)
     limit = config.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
-        interceptors=[TokenAuth(config.auth_token)] if config.auth_token else None,
+        interceptors=[
+            *([TokenAuth(config.auth_token)] if config.auth_token else []),
+            ScreenInferRequests(plane.get),
+        ],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
