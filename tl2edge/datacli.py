@@ -14,9 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder (created; refused if it exists and is not empty)")
     p.add_argument(
         "--task",
-        choices=["source", "target", "glyphs"],
+        choices=["source", "procedural", "target", "glyphs"],
         default="target",
-        help="source: 10 shape/texture classes for pretraining; target: 5 other classes (default); "
+        help="source: 10 shape/texture classes; procedural: 53 classes (the source's, IFS fractals, "
+        "filtered noise, Gabor fields, dead leaves) that the shipped backbone is pretrained on; "
+        "target: 5 other shape/texture classes (default); "
         "glyphs: 10 digits/letters in matplotlib's DejaVu fonts, unlike the source (needs matplotlib)",
     )
     p.add_argument("--per-class", type=int, default=20, help="images per class (default 20)")

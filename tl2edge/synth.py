@@ -6,6 +6,10 @@ Two tasks with disjoint classes:
 - `target`: five other classes built from the same visual vocabulary (edges, corners,
   curves, periodic textures), few images per class; the task the demo fine-tunes on, so
   that features learned on the source task visibly help.
+- `procedural`: a richer pretraining source of 53 classes: the source task's ten, 32 iterated
+  function systems (one fractal per class, as in FractalDB), filtered noise (1/f spectra,
+  frequency bands, an oriented spectrum), Gabor gratings (single, plaid, a field of small
+  ones, rings) and dead-leaves images of discs or squares. Still no glyphs.
 - `glyphs`: ten digits and letters drawn in the DejaVu fonts that ship with matplotlib
   (sans, serif and mono, four styles each), with random size, position, rotation, stroke,
   colours and blur: a far-domain task, unlike anything in the source task, to check that
@@ -185,6 +189,170 @@ def _glyph(char: str) -> Draw:
     return draw
 
 
+# The richer pretraining source (`procedural`): formula-driven and noise images in the spirit
+# of FractalDB (one class per iterated function system) and of pretraining on procedural noise
+# and dead-leaves images, plus the basic shapes and textures. Still no glyphs.
+PROCEDURAL_FRACTALS = 32
+
+
+def _affine(rng: np.random.Generator) -> np.ndarray:
+    """A random contraction x -> A x + t as a 2x3 matrix (A = rotation . scales . rotation)."""
+
+    def rot(a):
+        return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+
+    scales = np.diag(rng.uniform(0.25, 0.85, 2) * rng.choice([-1.0, 1.0], 2))
+    a = rot(rng.uniform(0, 2 * math.pi)) @ scales @ rot(rng.uniform(0, 2 * math.pi))
+    return np.hstack([a, rng.uniform(-1, 1, (2, 1))])
+
+
+def _chaos_game(maps: np.ndarray, rng: np.random.Generator, points: int = 4096) -> np.ndarray:
+    """Points of the attractor of the IFS `maps` [n, 2, 3] (maps drawn by |det| weight)."""
+    weights = np.abs(np.linalg.det(maps[:, :, :2])) + 0.02
+    weights = weights / weights.sum()
+    xy = rng.uniform(-1, 1, (points, 2))
+    out = []
+    for step in range(24):
+        m = maps[rng.choice(len(maps), points, p=weights)]
+        xy = np.einsum("nij,nj->ni", m[:, :, :2], xy) + m[:, :, 2]
+        if step >= 8:
+            out.append(xy)
+    return np.concatenate(out)
+
+
+@functools.cache
+def _ifs_class(k: int) -> np.ndarray:
+    """The IFS of fractal class k: fixed by k alone, redrawn until its attractor fills space."""
+    rng = np.random.default_rng([2020, k])
+    while True:
+        maps = np.stack([_affine(rng) for _ in range(int(rng.integers(2, 5)))])
+        xy = _chaos_game(maps, np.random.default_rng([2020, k, 1]), 2048)
+        span = np.percentile(xy, 99, axis=0) - np.percentile(xy, 1, axis=0)
+        if np.all(span > 1e-3):
+            xy = (xy - np.percentile(xy, 1, axis=0)) / span
+            cells = np.unique(np.clip((xy * 16).astype(int), 0, 15), axis=0)
+            if 0.12 < len(cells) / 256 < 0.7:  # neither a thin curve nor a filled blob
+                return maps
+
+
+def _fractal(k: int) -> Draw:
+    def draw(d, rng, scale, centre, colour):
+        size = d.im.size[0]
+        maps = _ifs_class(k) * rng.uniform(0.92, 1.08, (len(_ifs_class(k)), 2, 3))
+        xy = _chaos_game(maps, rng)
+        lo, hi = np.percentile(xy, 0.5, axis=0), np.percentile(xy, 99.5, axis=0)
+        xy = (xy - (lo + hi) / 2) / (np.max(hi - lo) / 2 + 1e-6)
+        angle = rng.uniform(0, 2 * math.pi)
+        flip = rng.choice([-1.0, 1.0])
+        rotm = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        xy = (xy * [flip, 1.0]) @ rotm.T * scale * 1.1 + centre
+        ij = np.round(xy).astype(int)
+        ij = ij[(ij >= 0).all(axis=1) & (ij < size).all(axis=1)]
+        counts = np.zeros((size, size), np.float32)
+        np.add.at(counts, (ij[:, 1], ij[:, 0]), 1.0)
+        level = np.log1p(counts) / max(np.log1p(np.percentile(counts[counts > 0], 90)), 1e-6)
+        mask = Image.fromarray((np.clip(level, 0, 1) * 255).astype(np.uint8))
+        d.bitmap((0, 0), mask.filter(ImageFilter.MaxFilter(3)), fill=colour)
+
+    return draw
+
+
+def _soft_region(size: int, scale: float, centre: tuple[float, float]) -> np.ndarray:
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    r = np.hypot(xs - centre[0], ys - centre[1]) / (scale * 1.3)
+    return np.clip((1.0 - r) * 4.0, 0.0, 1.0)
+
+
+def _paint(d, field: np.ndarray, region: np.ndarray, colour) -> None:
+    lo, hi = np.percentile(field, [2, 98])
+    level = np.clip((field - lo) / (hi - lo + 1e-6), 0, 1) * region
+    d.bitmap((0, 0), Image.fromarray((level * 255).astype(np.uint8)), fill=colour)
+
+
+def _noise(kind: str) -> Draw:
+    """Filtered white noise: 1/f^a spectra, band-pass bands, or an oriented spectrum."""
+
+    def draw(d, rng, scale, centre, colour):
+        size = d.im.size[0]
+        fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+        f = np.hypot(fx, fy) + 1.0 / size
+        if kind.startswith("spectrum"):
+            gain = f ** -float(kind.split("-")[1])
+        elif kind == "band-low":
+            gain = np.exp(-(((f - rng.uniform(0.015, 0.03)) / 0.008) ** 2))
+        elif kind == "band-high":
+            gain = np.exp(-(((f - rng.uniform(0.06, 0.1)) / 0.015) ** 2))
+        elif kind == "oriented":
+            theta = rng.uniform(0, math.pi)
+            off = np.angle(np.exp(2j * (np.arctan2(fy, fx) - theta))) / 2
+            gain = f**-1.5 * np.exp(-((off / 0.15) ** 2))
+        else:  # pragma: no cover - table below is the only caller
+            raise ValueError(kind)
+        field = np.fft.ifft2(np.fft.fft2(rng.normal(size=(size, size))) * gain).real
+        _paint(d, field, _soft_region(size, scale, centre), colour)
+
+    return draw
+
+
+def _gabor(kind: str) -> Draw:
+    """Gratings under Gaussian envelopes: one, a plaid of two, a field of small ones, rings."""
+
+    def draw(d, rng, scale, centre, colour):
+        size = d.im.size[0]
+        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+
+        def grating(cx, cy, theta, period, sigma):
+            u = (xs - cx) * math.cos(theta) + (ys - cy) * math.sin(theta)
+            envelope = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2))
+            return np.cos(2 * math.pi * u / period + rng.uniform(0, 2 * math.pi)) * envelope
+
+        period = rng.uniform(0.25, 0.45) * scale
+        theta = rng.uniform(0, math.pi)
+        if kind == "single":
+            field = grating(*centre, theta, period, scale * 0.6)
+        elif kind == "plaid":
+            field = grating(*centre, theta, period, scale * 0.6) + grating(
+                *centre, theta + rng.uniform(math.pi / 3, 2 * math.pi / 3), period, scale * 0.6
+            )
+        elif kind == "field":
+            field = np.zeros((size, size), np.float32)
+            for _ in range(int(rng.integers(6, 12))):
+                cx, cy = np.asarray(centre) + rng.uniform(-1, 1, 2) * scale
+                field += grating(cx, cy, rng.uniform(0, math.pi), period * 0.5, scale * 0.18)
+        elif kind == "rings":
+            r = np.hypot(xs - centre[0], ys - centre[1])
+            field = np.cos(2 * math.pi * r / period) * np.exp(-(r**2) / (2 * (scale * 0.6) ** 2))
+        else:  # pragma: no cover - table below is the only caller
+            raise ValueError(kind)
+        _paint(d, field, np.ones_like(field), colour)
+
+    return draw
+
+
+def _dead_leaves(shape: str) -> Draw:
+    """Occluding discs or squares with power-law sizes, each at its own shade."""
+
+    def draw(d, rng, scale, centre, colour):
+        size = d.im.size[0]
+        level = Image.new("L", (size, size), 0)
+        ld = ImageDraw.Draw(level)
+        for _ in range(int(rng.integers(40, 90))):
+            r = scale * 0.5 * rng.uniform(0.08, 1.0) ** 2 + 2
+            cx, cy = np.asarray(centre) + rng.uniform(-1, 1, 2) * scale
+            shade = int(rng.integers(40, 256))
+            if shape == "discs":
+                ld.ellipse([cx - r, cy - r, cx + r, cy + r], fill=shade)
+            else:
+                ld.polygon(
+                    _rotated(_regular(4, r, math.pi / 4), rng.uniform(0, 2), (cx, cy), 1),
+                    fill=shade,
+                )
+        field = np.asarray(level, np.float32) * _soft_region(size, scale, centre)
+        d.bitmap((0, 0), Image.fromarray(field.astype(np.uint8)), fill=colour)
+
+    return draw
+
+
 TASKS: dict[str, dict[str, Draw]] = {
     "source": {
         "circle": _circle,
@@ -206,6 +374,16 @@ TASKS: dict[str, dict[str, Draw]] = {
         "zigzag": _texture("zigzag"),
     },
     "glyphs": {c: _glyph(c) for c in GLYPHS},
+}
+TASKS["procedural"] = {
+    **TASKS["source"],
+    **{f"fractal{k:02d}": _fractal(k) for k in range(PROCEDURAL_FRACTALS)},
+    **{
+        f"noise-{kind}": _noise(kind)
+        for kind in ("spectrum-1", "spectrum-2", "band-low", "band-high", "oriented")
+    },
+    **{f"gabor-{kind}": _gabor(kind) for kind in ("single", "plaid", "field", "rings")},
+    **{f"leaves-{shape}": _dead_leaves(shape) for shape in ("discs", "squares")},
 }
 
 

@@ -135,14 +135,34 @@ def test_glyphs_are_drawn_in_several_fonts_and_differ_by_class():
     assert np.abs(means["A"] - means["X"]).mean() > 1.0
 
 
-def test_source_task_holds_no_glyphs():
+@pytest.mark.parametrize("task", ["source", "procedural"])
+def test_pretraining_tasks_hold_no_glyphs(task):
     from tl2edge.synth import GLYPHS
 
     # The far task is honest only if pretraining never saw a letter or a digit.
-    assert not set(TASKS["source"]) & set(GLYPHS)
-    assert all(len(name) > 1 and not name.isdigit() for name in TASKS["source"])
-    draws = {f.__qualname__ for f in TASKS["source"].values()}
+    assert not set(TASKS[task]) & set(GLYPHS)
+    assert all(len(name) > 1 and not name.isdigit() for name in TASKS[task])
+    draws = {f.__qualname__ for f in TASKS[task].values()}
     assert not any("_glyph" in q for q in draws)
+    assert not set(TASKS[task]) & set(TASKS["target"])
+
+
+def test_procedural_task_is_deterministic_and_its_fractal_classes_are_fixed():
+    from tl2edge.synth import PROCEDURAL_FRACTALS
+
+    names = list(TASKS["procedural"])
+    assert set(TASKS["source"]) <= set(names) and len(names) >= 50
+    assert sum(n.startswith("fractal") for n in names) == PROCEDURAL_FRACTALS
+    for name in ("fractal00", "fractal31", "noise-oriented", "gabor-plaid", "leaves-discs"):
+        a = render("procedural", name, 2, size=32, seed=3)
+        assert np.array_equal(a, render("procedural", name, 2, size=32, seed=3))
+        assert not np.array_equal(a, render("procedural", name, 2, size=32, seed=4))
+        assert a.std() > 10  # something is drawn over the background
+    # a fractal class is one IFS whatever the seed: the same maps, other colours and poses
+    from tl2edge.synth import _ifs_class
+
+    assert not np.allclose(_ifs_class(0), _ifs_class(1))
+    assert np.array_equal(_ifs_class(5), _ifs_class(5))
 
 
 def test_glyphs_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
