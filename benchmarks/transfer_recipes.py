@@ -16,8 +16,11 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
+
+from tl2edge.host import cpu_name
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +69,9 @@ def main() -> None:
     parser.add_argument("--epochs-head", type=int, default=2)
     parser.add_argument("--epochs-finetune", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backbone", default=str(BACKBONE), help="pretrained backbone .npz (default: shipped)"
+    )
     parser.add_argument("--work", default="build/transfer_recipes")
     parser.add_argument("--out", default="benchmarks/results/transfer_recipes.json")
     args = parser.parse_args()
@@ -103,7 +109,7 @@ def main() -> None:
                     **{
                         "data_dir": str(data),
                         "image_size": 32,
-                        "weights": str(BACKBONE),
+                        "weights": args.backbone,
                         "epochs_head": args.epochs_head,
                         "epochs_finetune": args.epochs_finetune,
                         "seed": args.seed,
@@ -120,6 +126,7 @@ def main() -> None:
                     "task": task,
                     "per_class": per_class,
                     "recipe": name,
+                    "backbone": Path(args.backbone).name if "weights" not in overrides else "none",
                     "val_accuracy": record["val_accuracy"],
                     "test_accuracy": _test_accuracy(run, test, 32),
                     "epochs_run": len(json.loads(RunDir.open(run).file(HISTORY).read_text())),
@@ -138,6 +145,9 @@ def main() -> None:
         json.dumps(
             {
                 "machine": platform.processor() or platform.machine(),
+                "cpu": cpu_name(),
+                "command": " ".join(["benchmarks/transfer_recipes.py", *sys.argv[1:]]),
+                "backbone": args.backbone,
                 "epochs": {"head": args.epochs_head, "finetune": args.epochs_finetune},
                 "seed": args.seed,
                 "rows": rows,
