@@ -36,6 +36,7 @@ from servekit import jpeg_declaring, png_bomb  # noqa: E402
 from tl2edge._proto import classifier_pb2 as cpb  # noqa: E402
 from tl2edge._proto import grpc_service_pb2 as pb  # noqa: E402
 from tl2edge._proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
+from tl2edge.host import cpu_name  # noqa: E402
 
 METHODS = {
     "classify": "/tl2edge.v1.Classifier/Classify",
@@ -135,6 +136,34 @@ def attackers(
     return threads, outcomes
 
 
+def _attack_for(address, model, size, n, seconds, niceness, queue) -> None:  # type: ignore[no-untyped-def]
+    os.nice(niceness)
+    stop = threading.Event()
+    threads, outcomes = attackers(address, model, size, n, stop)
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    queue.put(outcomes)
+
+
+def attack_in_child(
+    address: str, model: str, size: int, n: int, seconds: float, niceness: int
+) -> dict[str, int]:
+    """`attackers` for `seconds` in a child process at `niceness`; their outcome counts."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(
+        target=_attack_for, args=(address, model, size, n, seconds, niceness, queue)
+    )
+    child.start()
+    outcomes = queue.get(timeout=seconds + 120)
+    child.join()
+    return outcomes
+
+
 def p99_ms(latencies: list[float]) -> float:
     return float(np.percentile(np.array(latencies) * 1000, 99)) if latencies else float("nan")
 
@@ -150,6 +179,14 @@ def main() -> None:
         "--alone", type=float, default=20.0, help="good-clients-alone seconds (default 20)"
     )
     p.add_argument("--attackers", type=int, default=20)
+    p.add_argument(
+        "--attacker-nice",
+        type=int,
+        default=0,
+        help="0: attackers are threads of this process, at the server's priority (default); "
+        "N > 0: they run in a child process at niceness N, so that their own CPU use, which "
+        "remote attackers would spend on their machines, is not taken from the server",
+    )
     p.add_argument("--good", type=int, default=4)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "abuse.json")
     args = p.parse_args()
@@ -158,6 +195,8 @@ def main() -> None:
         f"{platform.python_version()}",
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu_name(),
+        "attacker_nice": args.attacker_nice,
     }
     with tempfile.TemporaryDirectory() as tmp:
         source = args.vgg or write_repo(Path(tmp), "small-fp32", args.size, vgg=False)
@@ -187,8 +226,14 @@ def main() -> None:
         threads, attacked, attacked_failures = good_clients(
             address, model, args.size, args.good, stop
         )
-        bad_threads, outcomes = attackers(address, model, args.size, args.attackers, stop)
-        time.sleep(args.duration)
+        if args.attacker_nice:
+            outcomes = attack_in_child(
+                address, model, args.size, args.attackers, args.duration, args.attacker_nice
+            )
+            bad_threads: list[threading.Thread] = []
+        else:
+            bad_threads, outcomes = attackers(address, model, args.size, args.attackers, stop)
+            time.sleep(args.duration)
         stop.set()
         for t in threads + bad_threads:
             t.join()
