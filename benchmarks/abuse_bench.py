@@ -188,6 +188,9 @@ def main() -> None:
         "remote attackers would spend on their machines, is not taken from the server",
     )
     p.add_argument("--good", type=int, default=4)
+    p.add_argument(
+        "--serve-args", default="", help="extra `tl2edge serve` flags, e.g. '--request-nice 0'"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "abuse.json")
     args = p.parse_args()
     results: dict = {
@@ -197,6 +200,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "cpu": cpu_name(),
         "attacker_nice": args.attacker_nice,
+        "serve_args": args.serve_args,
     }
     with tempfile.TemporaryDirectory() as tmp:
         source = args.vgg or write_repo(Path(tmp), "small-fp32", args.size, vgg=False)
@@ -204,7 +208,9 @@ def main() -> None:
             str(args.vgg) if args.vgg else f"built: small {args.size}x{args.size} fp32"
         )
         metrics_port = free_port()
-        server = ServerProcess(source, "--metrics-port", str(metrics_port))
+        server = ServerProcess(
+            source, "--metrics-port", str(metrics_port), *args.serve_args.split()
+        )
         address = f"127.0.0.1:{server.port}"
         model = server.client.models()[0].name
         server.client.infer(model, np.zeros((1, args.size, args.size, 3), np.uint8))

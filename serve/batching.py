@@ -23,12 +23,12 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tl2edge.serve.config import BatchConfig
+from tl2edge.serve.priority import normal_priority_executor
 
 log = logging.getLogger("tl2edge.serve.batching")
 
@@ -74,7 +74,7 @@ class Batcher:
         self._queued_rows = 0
         self._wake = asyncio.Event()
         self._closing = False
-        self._executor = ThreadPoolExecutor(config.instances, thread_name_prefix=f"ort-{name}")
+        self._executor = normal_priority_executor(config.instances, f"ort-{name}")
         self._workers = [self._start_worker(i) for i in range(config.instances)]
 
     def _start_worker(self, i: int) -> asyncio.Task[None]:

@@ -285,6 +285,14 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
         help="requests with large images that may wait for that lane; beyond it, "
         "RESOURCE_EXHAUSTED (default %(default)s)",
     )
+    lim.add_argument(
+        "--request-nice",
+        type=int,
+        default=field_default(ServeConfig, "request_nice"),
+        help="niceness steps the threads that receive and answer requests run below the ones "
+        "that run the model and decode images, so a flood of requests cannot starve the "
+        "requests being served (Linux; 0: same priority; default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -314,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         large_image_pixels=args.large_image_pixels,
         large_image_queue=args.large_image_queue,
+        request_nice=args.request_nice,
         grace_s=args.grace_s,
         reload_interval_s=args.reload_interval_s,
         model_control_mode=args.model_control_mode,

@@ -24,6 +24,8 @@ DEFAULT_MAX_INFLIGHT_MB = 256
 # 224x224 model input. At most this many such requests wait behind the one decoding.
 DEFAULT_LARGE_IMAGE_PIXELS = 4_000_000
 DEFAULT_LARGE_IMAGE_QUEUE = 4
+# Niceness steps the request-handling threads run below the model's (serve/priority.py).
+DEFAULT_REQUEST_NICE = 5
 
 
 def _one_of(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -144,6 +146,7 @@ class ServeConfig:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     large_image_pixels: int = DEFAULT_LARGE_IMAGE_PIXELS
     large_image_queue: int = DEFAULT_LARGE_IMAGE_QUEUE
+    request_nice: int = DEFAULT_REQUEST_NICE
     grace_s: float = 30.0
     reload_interval_s: float = 0.0  # poll interval of --model-control-mode poll
     model_control_mode: str = ""  # none|poll|explicit; "": poll if reload_interval_s else none
@@ -169,6 +172,8 @@ class ServeConfig:
                 raise UserError(f"{flag} {value}: must be at least 1")
         if self.large_image_queue < 0:
             raise UserError(f"--large-image-queue {self.large_image_queue}: must be at least 0")
+        if not 0 <= self.request_nice <= 19:
+            raise UserError(f"--request-nice {self.request_nice}: must be from 0 to 19")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise UserError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca and not self.tls_cert:

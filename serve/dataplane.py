@@ -16,9 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +50,7 @@ from tl2edge.serve.errors import (
 from tl2edge.serve.limits import ByteBudget
 from tl2edge.serve.metrics import Metrics
 from tl2edge.serve.modelcontrol import IndexEntry, ModelControl
+from tl2edge.serve.priority import lower_this_thread, normal_priority_executor
 from tl2edge.serve.repository import LoadedModel, ModelRepository
 
 log = logging.getLogger("tl2edge.serve.dataplane")
@@ -104,7 +102,7 @@ class DataPlane:
         self.ready = False
         self._drain = asyncio.Event()
         self.inflight = 0
-        self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        self._decoder = normal_priority_executor(decode_threads, "decode")
         # The large lane: one thread at a lower CPU priority, for requests over
         # `large_image_pixels`; at most `large_image_queue` more wait for it.
         self.large_image_pixels = large_image_pixels
@@ -112,7 +110,7 @@ class DataPlane:
         self.large_pending = 0
         self._large = ThreadPoolExecutor(
             1, thread_name_prefix="decode-large", initializer=_lower_priority
-        )
+        )  # started by the loop: its niceness is relative to the process's, set below
         self._idle = asyncio.Event()
         self._idle.set()
         self.control = ModelControl(repository)  # the server sets its mode and callback
@@ -429,10 +427,8 @@ def request_pixels(images: Sequence[bytes | np.ndarray]) -> int:
 
 
 def _lower_priority() -> None:
-    """Lower the calling thread's CPU priority (Linux: niceness is per thread)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LARGE_LANE_NICE)
+    """The large lane's thread: LARGE_LANE_NICE below the process's priority."""
+    lower_this_thread(LARGE_LANE_NICE)
 
 
 T = TypeVar("T")

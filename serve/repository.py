@@ -28,8 +28,11 @@ from tl2edge.serve.config import BatchConfig, VersionPolicy
 from tl2edge.serve.errors import ModelNotFound
 from tl2edge.serve.limits import shown
 from tl2edge.serve.metrics import ModelStats
+from tl2edge.serve.priority import normal_priority_executor
 from tl2edge.serve.providers import DeviceUnavailable, gate_failures
 from tl2edge.serve.runtime import RuntimeConfig, Selection, create_session, warm_up
+
+LOAD_THREADS = 2  # model versions loaded at once
 
 log = logging.getLogger("tl2edge.serve.repository")
 
@@ -170,6 +173,7 @@ class ModelRepository:
         self.skipped: dict[tuple[str, int], str] = {}
         if not self.source.exists():
             raise UserError(f"model source {self.source} does not exist")
+        self._loader = normal_priority_executor(LOAD_THREADS, "load")
 
     # -- what the source holds -------------------------------------------------------------
     def scan(self) -> dict[tuple[str, int], Path]:
@@ -312,8 +316,15 @@ class ModelRepository:
         return changes
 
     async def _load(self, name: str, version: int, path: Path) -> LoadedModel:
-        manifest, session, dtype, fingerprint, selection = await asyncio.to_thread(
-            load_version, path, self.runtime
+        # On a thread at the process's priority: ONNX Runtime's threads inherit it.
+        (
+            manifest,
+            session,
+            dtype,
+            fingerprint,
+            selection,
+        ) = await asyncio.get_running_loop().run_in_executor(
+            self._loader, load_version, path, self.runtime
         )
         if (manifest.name, manifest.version) != (name, version) and path.is_dir():
             raise UserError(
@@ -473,3 +484,4 @@ class ModelRepository:
 
     async def close(self) -> None:
         await asyncio.gather(*(m.batcher.close() for m in self.all()), return_exceptions=True)
+        self._loader.shutdown(wait=False)

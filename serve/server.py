@@ -34,6 +34,7 @@ from tl2edge.serve.health import DrainingHealthServicer
 from tl2edge.serve.kserve import KServeServicer
 from tl2edge.serve.metrics import Metrics
 from tl2edge.serve.modelcontrol import ModelControl
+from tl2edge.serve.priority import lower_request_threads, restore_threads, spawner
 from tl2edge.serve.providers import publish_selections
 from tl2edge.serve.reflection import enable_reflection
 from tl2edge.serve.repository import ModelRepository
@@ -86,6 +87,7 @@ class Server:
         self.metrics_port: int | None = None
         self.started_at = time.monotonic()
         self._reloader: asyncio.Task | None = None
+        self._lowered: list[int] = []  # threads lowered at start (serve/priority.py)
         self._known_models: set[str] = set()
         self._stopped = asyncio.Event()
 
@@ -113,6 +115,8 @@ class Server:
             raise
         self._publish_models(self.repository)
         self._known_models = self.repository.served_names()
+        # Threads that run the model exist now, or will be started by the spawner.
+        self._lowered = lowered = lower_request_threads(self.config.request_nice)
         self.plane.ready = True
         self.plane.metrics.ready.set(1)
         await self._set_health(SERVING)
@@ -128,6 +132,7 @@ class Server:
                 "auth": bool(self.config.auth_token),
                 "metrics_port": self.metrics_port,
                 "max_batch_size": self.repository.batching.max_batch_size,
+                "request_threads_lowered": len(lowered),
                 "startup_s": round(time.monotonic() - self.started_at, 3),
                 "pid": os.getpid(),
             },
@@ -150,6 +155,7 @@ class Server:
         await self.repository.close()
         self.plane.close()
         self.plane.metrics.close()
+        restore_threads(self._lowered)
         self._stopped.set()
         log.info(
             "stopped" if finished else "stopped; grace period over with requests unfinished",
@@ -210,6 +216,7 @@ async def create_server(
 ) -> tuple[Server, int]:
     """Build the server and bind `address` ("127.0.0.1:0" picks a free port); not started."""
     config = config or ServeConfig()
+    spawner()  # before any thread of this process is lowered (serve/priority.py)
     repository = ModelRepository(
         source,
         runtime=runtime or RuntimeConfig(),
