@@ -120,6 +120,64 @@ def test_max_concurrent_streams_is_enforced(repo):
         assert check(health_pb2.HealthCheckRequest(), timeout=20).status == SERVING
 
 
+def _states(channel: grpc.Channel) -> list[grpc.ChannelConnectivity]:
+    seen: list[grpc.ChannelConnectivity] = []
+    channel.subscribe(seen.append, try_to_connect=True)
+    return seen
+
+
+def test_connection_age_recycles_live_connections_without_cutting_a_stream(repo):
+    """Over time on a live connection: the age limit makes the client reconnect (its calls
+    all succeed), and a stream open across the limit is not cut (age grace unlimited)."""
+    from tl2edge.serve.server import ServeConfig
+
+    config = ServeConfig(connections=ConnectionConfig(max_connection_age_s=1.0))
+    pixels = random_pixels(1, seed=2)
+
+    def frames():
+        for i in range(14):  # about 2.8 s, more than twice the connection age
+            time.sleep(0.2)
+            request = cpb.ClassifyRequest(id=f"f{i}")
+            request.images.add(pixels=cpb.RawImage(height=8, width=8, data=pixels.tobytes()))
+            yield request
+
+    with ServerThread(repo, config=config) as s:
+        with grpc.insecure_channel(s.address) as channel:
+            stream = cpb_grpc.ClassifierStub(channel).ClassifyStream(frames(), timeout=60)
+            answers = list(stream)
+        assert [a.id for a in answers] == [f"f{i}" for i in range(14)]
+        assert not any(a.error for a in answers)
+        with grpc.insecure_channel(s.address) as channel:
+            states = _states(channel)
+            check = health_pb2_grpc.HealthStub(channel).Check
+            deadline = time.monotonic() + 3.5
+            while time.monotonic() < deadline:
+                assert check(health_pb2.HealthCheckRequest(), timeout=20).status == SERVING
+                time.sleep(0.05)
+        ready = states.count(grpc.ChannelConnectivity.READY)
+        assert ready >= 2, states  # connected again after the server closed the old one
+
+
+def test_idle_connections_are_closed_and_the_next_call_reconnects(repo):
+    from tl2edge.serve.server import ServeConfig
+
+    config = ServeConfig(connections=ConnectionConfig(max_connection_idle_s=0.5))
+    with ServerThread(repo, config=config) as s, grpc.insecure_channel(s.address) as channel:
+        states = _states(channel)
+        check = health_pb2_grpc.HealthStub(channel).Check
+        assert check(health_pb2.HealthCheckRequest(), timeout=20).status == SERVING
+        deadline = time.monotonic() + 10
+        while (
+            grpc.ChannelConnectivity.IDLE
+            not in states[states.index(grpc.ChannelConnectivity.READY) :]
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        after_ready = states[states.index(grpc.ChannelConnectivity.READY) :]
+        assert grpc.ChannelConnectivity.IDLE in after_ready, states  # the server closed it
+        assert check(health_pb2.HealthCheckRequest(), timeout=20).status == SERVING
+
+
 def test_health_watch_ends_at_drain(repo):
     s = ServerThread(repo)
     stopping = threading.Thread(target=s.stop, kwargs={"grace": 600})
