@@ -20,8 +20,8 @@ import io
 import logging
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,9 +118,10 @@ def _build(split: Split, path: Path, shape: tuple[int, ...], *, what: str) -> No
             "is free there; free some space, point --data-cache at a bigger disk, or drop it "
             "(the images are then decoded every epoch)"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    # not mkstemp: its files are private (0600), and a cache dir may be shared
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(header)
             for rows in _decoded(split, f"caching {what or 'streamed'} images"):
                 f.write(rows.tobytes())
@@ -128,7 +129,7 @@ def _build(split: Split, path: Path, shape: tuple[int, ...], *, what: str) -> No
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise UserError(
                 f"--data-cache {path.parent} ran out of space while writing {_size(need)} of "

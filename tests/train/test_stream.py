@@ -185,17 +185,15 @@ def test_not_enough_disk_is_a_clear_error_and_leaves_no_file(tiny_data, tmp_path
 def test_a_disk_full_while_writing_leaves_no_file(tiny_data, tmp_path, monkeypatch):
     """The free-space check passed, then another writer filled the disk."""
     import errno
-    import os
 
     from tl2edge.train import cache
 
     stream = _stream(tiny_data)
-    real_fdopen = os.fdopen
     written = []
 
     class SmallDisk:
-        def __init__(self, fd, mode):
-            self.f = real_fdopen(fd, mode)
+        def __init__(self, path, mode):
+            self.f = open(path, mode)  # noqa: SIM115 (closed in __exit__)
 
         def write(self, data):
             if sum(written) + len(data) > 2_000:
@@ -203,13 +201,19 @@ def test_a_disk_full_while_writing_leaves_no_file(tiny_data, tmp_path, monkeypat
             written.append(len(data))
             return self.f.write(data)
 
+        def flush(self):
+            self.f.flush()
+
+        def fileno(self):
+            return self.f.fileno()
+
         def __enter__(self):
             return self
 
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(cache.os, "fdopen", SmallDisk)
+    monkeypatch.setattr(cache, "open", SmallDisk, raising=False)  # shadows the builtin
     with pytest.raises(UserError, match="ran out of space"):
         cache.cache_split(stream.train, tmp_path, what="training")
     assert written and list(tmp_path.iterdir()) == []
