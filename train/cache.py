@@ -43,7 +43,20 @@ CHUNK = 256  # images decoded per step: bounds the memory the parallel decode ho
 
 def cache_data(data: Data, cache_dir: str | os.PathLike) -> Data:
     """`data` with each streamed split read from its cache file in `cache_dir` (built if
-    missing or unusable). Splits in memory already hold their pixels and stay as they are."""
+    missing or unusable). Splits in memory already hold their pixels and stay as they are.
+    The room for every file to build is checked first, so no split is cached without the other."""
+    folder = Path(cache_dir)
+    build = [
+        split
+        for split in (data.train, data.val)
+        if split.x is None and _problem(cache_file(split, folder), _shape(split)) is not None
+    ]
+    if build:
+        _check_room(
+            folder,
+            sum(_nbytes(split) for split in build),
+            f"{sum(map(len, build))} at {data.train.image_size}x{data.train.image_size}",
+        )
     train = cache_split(data.train, cache_dir, what="training")
     val = cache_split(data.val, cache_dir, what="validation")
     return dataclasses.replace(data, train=train, val=val)
@@ -55,13 +68,12 @@ def cache_split(split: Split, cache_dir: str | os.PathLike, *, what: str = "") -
         return split
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = cache_file(split, folder)
-    shape = (len(split), split.image_size, split.image_size, 3)
+    path, shape = cache_file(split, folder), _shape(split)
+    problem = _problem(path, shape)
+    if problem is None:
+        log.info("%s images: reading the decoded pixels from %s", what or "streamed", path)
+        return dataclasses.replace(split, cache=str(path))
     if path.exists():
-        problem = _problem(path, shape)
-        if problem is None:
-            log.info("%s images: reading the decoded pixels from %s", what or "streamed", path)
-            return dataclasses.replace(split, cache=str(path))
         log.warning("%s is not a usable cache file (%s): rebuilding it", path, problem)
     _build(split, path, shape, what=what)
     return dataclasses.replace(split, cache=str(path))
@@ -72,6 +84,26 @@ def cache_file(split: Split, folder: Path) -> Path:
     return folder / (
         f"pixels-v{CACHE_VERSION}-{split.image_size}px-{len(split)}-{split.fingerprint()[:32]}.npy"
     )
+
+
+def _shape(split: Split) -> tuple[int, int, int, int]:
+    return (len(split), split.image_size, split.image_size, 3)
+
+
+def _nbytes(split: Split) -> int:
+    """The size of the split's cache file."""
+    return len(_header(_shape(split))) + math.prod(_shape(split))
+
+
+def _check_room(folder: Path, need: int, images: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise UserError(
+            f"--data-cache {folder}: the decoded images ({images}) need {_size(need)}, but "
+            f"only {_size(free)} is free there; free some space, point --data-cache at a "
+            "bigger disk, or drop it (the images are then decoded every epoch)"
+        )
 
 
 def _header(shape: tuple[int, ...]) -> bytes:
@@ -89,6 +121,8 @@ def _header(shape: tuple[int, ...]) -> bytes:
 
 def _problem(path: Path, shape: tuple[int, ...]) -> str | None:
     """Why the file at `path` cannot be read as uint8 pixels of `shape`, or None if it can."""
+    if not path.exists():
+        return "missing"
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -110,14 +144,9 @@ def _problem(path: Path, shape: tuple[int, ...]) -> str | None:
 def _build(split: Split, path: Path, shape: tuple[int, ...], *, what: str) -> None:
     header = _header(shape)
     need = len(header) + math.prod(shape)
-    free = shutil.disk_usage(path.parent).free
-    if need > free:
-        raise UserError(
-            f"--data-cache {path.parent}: the decoded {what + ' ' if what else ''}images "
-            f"({shape[0]} at {shape[1]}x{shape[2]}) need {_size(need)}, but only {_size(free)} "
-            "is free there; free some space, point --data-cache at a bigger disk, or drop it "
-            "(the images are then decoded every epoch)"
-        )
+    _check_room(
+        path.parent, need, f"{what + ' ' if what else ''}{shape[0]} at {shape[1]}x{shape[2]}"
+    )
     # not mkstemp: its files are private (0600), and a cache dir may be shared
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:

@@ -174,10 +174,15 @@ def test_not_enough_disk_is_a_clear_error_and_leaves_no_file(tiny_data, tmp_path
     from tl2edge.train import cache
 
     stream = _stream(tiny_data)
-    need = len(stream.train) * 16 * 16 * 3  # the pixels alone, without the header
+    pixels = (len(stream.train) + len(stream.val)) * 16 * 16 * 3
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: usage._replace(free=need - 1))
+    # room for the training split's file, not for both: neither is written
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: usage._replace(free=pixels - 1))
     with pytest.raises(UserError, match=r"--data-cache .* need .* only .* free"):
+        cache.cache_data(stream, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: usage._replace(free=100))
+    with pytest.raises(UserError, match=r"training .* need .* only 0.0 MiB is free"):
         cache.cache_split(stream.train, tmp_path / "cache", what="training")
     assert list((tmp_path / "cache").iterdir()) == []
 
