@@ -61,7 +61,11 @@ class Fingerprint:
         self._digest = hashlib.sha256()
 
     def add(self, relative_path: str, data: bytes) -> None:
-        self._digest.update(relative_path.encode() + b"\0" + hashlib.sha256(data).digest())
+        self.add_digest(relative_path, hashlib.sha256(data).digest())
+
+    def add_digest(self, relative_path: str, digest: bytes) -> None:
+        """`add` for a file whose sha256 is already known."""
+        self._digest.update(relative_path.encode() + b"\0" + digest)
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()

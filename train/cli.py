@@ -159,6 +159,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "parallel (data larger than memory); auto: stream only if memory would not hold it",
     )
     p.add_argument(
+        "--data-cache",
+        metavar="DIR",
+        default=_default("data_cache"),
+        help="streamed images: decode them once into a memory-mapped file in DIR (named "
+        "from the files' contents and the image size, reused by later runs) instead of "
+        "every epoch; needs N x size x size x 3 bytes of disk",
+    )
+    p.add_argument(
         "--mixed-precision",
         choices=["auto", "on", "off"],
         default="auto",
@@ -205,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         skip_bad_images=args.skip_bad_images,
         data_pipeline=args.data_pipeline,
+        data_cache=args.data_cache,
         mixed_precision=args.mixed_precision,
         jit_compile=args.jit_compile,
         tensorboard=not args.no_tensorboard,

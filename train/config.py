@@ -46,6 +46,8 @@ class TrainConfig:
     data_pipeline: str = (
         "auto"  # memory | stream (decode files every epoch) | auto: stream if too big
     )
+    # DIR: streamed images are decoded once into memory-mapped files there, reused by later runs
+    data_cache: str | None = None
     mixed_precision: str = "auto"  # auto: on when a GPU is used | on | off
     jit_compile: str = (
         "auto"  # auto: on when a GPU is used (XLA made CPU training 3x slower) | on | off

@@ -8,10 +8,13 @@ training and serving see the same pixels. Two pipelines (`--data-pipeline`):
   (decoded, not kept), then each epoch reads and decodes the files in parallel in tf.data,
   with the same shuffling as the memory path, so the batches are the same for a seed.
 `auto` (the default) streams only when the decoded images would not fit in 70 % of RAM.
+A streamed split can be decoded once into a memory-mapped file instead (`--data-cache`,
+`tl2edge.train.cache`); its batches are the same too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,16 +46,33 @@ class Split:
     paths: list[str]  # relative to `root`, '/'-separated (what split.json records)
     image_size: int = 0
     root: str = ""  # the folder the paths are relative to (streamed splits read from it)
+    digests: list[bytes] = field(default_factory=list)  # sha256 of each file, when read
+    cache: str = ""  # a streamed split's decoded pixels, a .npy file (tl2edge.train.cache)
 
     def files(self) -> list[str]:
         """Absolute paths of the images, in order."""
         return [str(Path(self.root) / p) for p in self.paths]
 
+    def fingerprint(self) -> str:
+        """sha256 over (relative path, sha256 of the bytes) of this split's files, in order."""
+        if len(self.digests) != len(self.paths):
+            raise ValueError("the split's files were not read, so it has no fingerprint")
+        fp = Fingerprint()
+        for path, digest in zip(self.paths, self.digests, strict=True):
+            fp.add_digest(path, digest)
+        return fp.hexdigest()
+
+    def rows(self) -> np.ndarray:
+        """The cached pixels, memory-mapped read-only (uint8 [N, S, S, 3])."""
+        return np.load(self.cache, mmap_mode="r")
+
     def pixels(self, indices: np.ndarray) -> np.ndarray:
-        """The images at `indices`, uint8 [n, S, S, 3]: from memory, or decoded from disk
-        when the split is streamed."""
+        """The images at `indices`, uint8 [n, S, S, 3]: from memory, from the cache file, or
+        decoded from disk when the split is streamed."""
         if self.x is not None:
             return self.x[indices]
+        if self.cache:
+            return np.asarray(self.rows()[np.asarray(indices, np.int64)])
         files, size = self.files(), self.image_size
         decoded = [decode_rgb(files[i], size) for i in indices]
         return np.stack(decoded) if decoded else np.zeros((0, size, size, 3), np.uint8)
@@ -82,21 +102,28 @@ class Data:
         return (
             f"{len(self.classes)} classes, {len(self.train)} training and {len(self.val)} validation images"
             + (f", {len(self.bad_images)} unreadable skipped" if self.bad_images else "")
-            + (", streamed from disk" if self.train.x is None else ", in memory")
+            + (
+                ", in memory"
+                if self.train.x is not None
+                else f", cached in {Path(self.train.cache).parent}"
+                if self.train.cache
+                else ", streamed from disk"
+            )
         )
 
 
 def _decode_folder(
     folder: ImageFolder, size: int, desc: str, fingerprint: Fingerprint, *, keep: bool = True
 ):
-    xs, ys, paths, bad = [], [], [], []
+    xs, ys, paths, digests, bad = [], [], [], [], []
     for path, label in tqdm(folder.files, desc=desc, unit="img", leave=False, mininterval=1.0):
         try:
             data = path.read_bytes()
         except OSError as exc:
             bad.append((str(path), str(exc)))
             continue
-        fingerprint.add(relative(path, folder.root), data)
+        digest = hashlib.sha256(data).digest()
+        fingerprint.add_digest(relative(path, folder.root), digest)
         try:
             pixels = decode_rgb(data, size)
         except BadImage as exc:
@@ -106,11 +133,12 @@ def _decode_folder(
             xs.append(pixels)
         ys.append(label)
         paths.append(relative(path, folder.root))
+        digests.append(digest)
     root = str(folder.root)
     if not keep:
-        return Split(None, np.asarray(ys, np.int32), paths, size, root), bad
+        return Split(None, np.asarray(ys, np.int32), paths, size, root, digests), bad
     x = np.stack(xs) if xs else np.zeros((0, size, size, 3), np.uint8)
-    return Split(x, np.asarray(ys, np.int32), paths, size, root), bad
+    return Split(x, np.asarray(ys, np.int32), paths, size, root, digests), bad
 
 
 def _stratified_split(
@@ -134,6 +162,7 @@ def _stratified_split(
             [split.paths[i] for i in indices],
             split.image_size,
             split.root,
+            [split.digests[i] for i in indices] if split.digests else [],
         )
 
     return take(train_idx), take(val_idx)
@@ -282,29 +311,48 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float] | None:
 def make_dataset(split: Split, *, batch_size: int, training: bool, seed: int):
     """A tf.data pipeline: shuffle (training), decode (streamed splits), batch, float cast, prefetch.
 
-    Both pipelines shuffle the same N indices with the same seed, so they give the same
-    batches; the streamed one decodes each file with decode_rgb in parallel, in order.
+    Every pipeline shuffles the same N elements with the same seed, so they give the same
+    batches; a streamed split decodes each file with decode_rgb in parallel, in order, and a
+    cached one gathers each batch's rows from its memory-mapped file.
     """
     import tensorflow as tf
 
+    size = split.image_size
+    cached = split.x is None and bool(split.cache)
     if split.x is not None:
         ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+    elif cached:
+        ds = tf.data.Dataset.from_tensor_slices((np.arange(len(split), dtype=np.int64), split.y))
     else:
         ds = tf.data.Dataset.from_tensor_slices((split.files(), split.y))
     if training:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    if split.x is None:
-        size = split.image_size
+    if cached:
+        rows = split.rows()
 
-        def decode(path):
-            return decode_rgb(path.decode(), size)
+        def gather(indices):
+            return rows[indices]  # fancy indexing copies the batch's rows out of the map
 
-        def load(path, y):
-            x = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
-            return tf.ensure_shape(x, (size, size, 3)), y
+        def load_batch(indices, y):
+            x = tf.numpy_function(gather, [indices], tf.uint8, stateful=False)
+            return tf.ensure_shape(x, (None, size, size, 3)), y
 
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size)
+        # one read per batch, not per image: the per-call cost of numpy_function dominates
+        ds = ds.batch(batch_size).map(
+            load_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+    else:
+        if split.x is None:
+
+            def decode(path):
+                return decode_rgb(path.decode(), size)
+
+            def load(path, y):
+                x = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
+                return tf.ensure_shape(x, (size, size, 3)), y
+
+            ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

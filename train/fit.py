@@ -143,6 +143,12 @@ def _load_data(cfg: TrainConfig):
         skip_bad_images=cfg.skip_bad_images,
         pipeline=cfg.data_pipeline,
     )
+    if cfg.data_cache and data.train.x is None:
+        from tl2edge.train.cache import cache_data
+
+        data = cache_data(data, cfg.data_cache)
+    elif cfg.data_cache:
+        log.info("--data-cache is not needed: the decoded images fit in memory")
     log.info("data: %s", data.summary())
     return data
 

@@ -110,3 +110,28 @@ def test_a_dataset_that_would_not_fit_in_memory_is_refused_up_front(
     err = capsys.readouterr().err
     assert "24 images at 32x32 need" in err and "--data-pipeline stream" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_data_cache_without_room_is_refused_before_training(
+    tmp_path, capsys, tiny_data, monkeypatch
+):
+    import shutil
+
+    from tl2edge.train import cache
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: usage._replace(free=1_000))
+    cache_dir = tmp_path / "cache"
+    args = _train(
+        str(tiny_data),
+        "--out",
+        str(tmp_path / "r"),
+        "--data-pipeline",
+        "stream",
+        "--data-cache",
+        str(cache_dir),
+    )
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--data-cache {cache_dir}" in err and "only 0.0 MiB is free" in err
+    assert not (tmp_path / "r").exists() and list(cache_dir.iterdir()) == []

@@ -6,9 +6,14 @@ Run: .venv/bin/pytest tests/train/test_stream.py -q
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 
+from tl2edge.errors import UserError
+from tl2edge.images import BadImage, decode_rgb
 from tl2edge.train.data import load_data, make_dataset
 
 
@@ -77,3 +82,174 @@ def test_pixels_of_a_streamed_split_equal_the_in_memory_ones(tiny_data):
     idx = np.array([0, 3, 5])
     assert np.array_equal(stream.train.pixels(idx), memory.train.pixels(idx))
     assert stream.train.pixels(np.array([], np.int64)).shape == (0, 32, 32, 3)
+
+
+def _stream(tiny_data, size: int = 16):
+    return load_data(tiny_data, image_size=size, seed=4, pipeline="stream")
+
+
+def test_a_cached_stream_gives_the_same_batches_as_memory(tiny_data, tmp_path):
+    from tl2edge.train.cache import cache_data
+
+    memory = load_data(tiny_data, image_size=16, seed=4, pipeline="memory")
+    cached = cache_data(_stream(tiny_data), tmp_path / "cache")
+    assert cached.train.x is None and cached.train.cache and cached.val.cache
+    assert cached.train.cache != cached.val.cache
+    assert np.array_equal(np.load(cached.train.cache), memory.train.x)
+    assert np.array_equal(np.load(cached.val.cache), memory.val.x)
+    assert "cached in" in cached.summary()
+    for split in ("train", "val"):
+        a = make_dataset(getattr(memory, split), batch_size=5, training=split == "train", seed=9)
+        b = make_dataset(getattr(cached, split), batch_size=5, training=split == "train", seed=9)
+        got_a, got_b = _batches(a, 2), _batches(b, 2)  # two epochs: reshuffled alike
+        assert len(got_a) == len(got_b) > 1
+        for (xa, ya), (xb, yb) in zip(got_a, got_b, strict=True):
+            assert xb.dtype == np.float32 and xb.shape[1:] == (16, 16, 3)
+            assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    idx = np.array([4, 0, 2])
+    assert np.array_equal(cached.train.pixels(idx), memory.train.pixels(idx))
+
+
+def test_a_second_run_reads_the_cache_without_decoding(tiny_data, tmp_path, monkeypatch):
+    from tl2edge.train import cache, data
+    from tl2edge.train.cache import cache_data
+
+    memory = load_data(tiny_data, image_size=16, seed=4, pipeline="memory")
+    first = cache_data(_stream(tiny_data), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        Path(f).name for f in (first.train.cache, first.val.cache)
+    )
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    again = _stream(tiny_data)  # the up-front check decodes; nothing after it may
+
+    def fail(*args, **kwargs):
+        raise AssertionError("decoded although cached")
+
+    monkeypatch.setattr(cache, "decode_rgb", fail)
+    monkeypatch.setattr(data, "decode_rgb", fail)
+    second = cache_data(again, tmp_path)
+    assert (second.train.cache, second.val.cache) == (first.train.cache, first.val.cache)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps  # not rewritten
+    a = make_dataset(memory.train, batch_size=5, training=True, seed=9)
+    b = make_dataset(second.train, batch_size=5, training=True, seed=9)
+    for (xa, ya), (xb, yb) in zip(_batches(a, 1), _batches(b, 1), strict=True):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+
+
+def test_other_files_or_another_size_get_another_cache_file(tiny_data, tmp_path):
+    from tl2edge.train.cache import cache_file
+
+    stream = _stream(tiny_data)
+    names = {
+        cache_file(stream.train, tmp_path),
+        cache_file(stream.val, tmp_path),
+        cache_file(_stream(tiny_data, size=8).train, tmp_path),
+        cache_file(load_data(tiny_data, image_size=16, seed=5, pipeline="stream").train, tmp_path),
+    }
+    assert len(names) == 4
+
+
+@pytest.mark.parametrize("damage", ["truncate", "grow", "header"])
+def test_a_damaged_cache_file_is_rebuilt_not_read(tiny_data, tmp_path, damage):
+    from tl2edge.train.cache import cache_split
+
+    memory = load_data(tiny_data, image_size=16, seed=4, pipeline="memory")
+    split = cache_split(_stream(tiny_data).train, tmp_path)
+    path, n = Path(split.cache), len(split)
+    good = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(good[:-100])
+    elif damage == "grow":
+        path.write_bytes(good + b"\0" * 16)
+    else:  # another shape in the header, the same size
+        path.write_bytes(good.replace(f"({n}, 16, 16, 3)".encode(), f"({n}, 16, 3, 16)".encode()))
+    assert path.read_bytes() != good
+    rebuilt = cache_split(_stream(tiny_data).train, tmp_path)
+    assert Path(rebuilt.cache) == path and path.read_bytes() == good
+    assert np.array_equal(rebuilt.pixels(np.arange(len(rebuilt))), memory.train.x)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_not_enough_disk_is_a_clear_error_and_leaves_no_file(tiny_data, tmp_path, monkeypatch):
+    from tl2edge.train import cache
+
+    stream = _stream(tiny_data)
+    pixels = (len(stream.train) + len(stream.val)) * 16 * 16 * 3
+    usage = shutil.disk_usage(tmp_path)
+    # room for the training split's file, not for both: neither is written
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: usage._replace(free=pixels - 1))
+    with pytest.raises(UserError, match=r"--data-cache .* need .* only .* free"):
+        cache.cache_data(stream, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: usage._replace(free=100))
+    with pytest.raises(UserError, match=r"training .* need .* only 0.0 MiB is free"):
+        cache.cache_split(stream.train, tmp_path / "cache", what="training")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_disk_full_while_writing_leaves_no_file(tiny_data, tmp_path, monkeypatch):
+    """The free-space check passed, then another writer filled the disk."""
+    import errno
+
+    from tl2edge.train import cache
+
+    stream = _stream(tiny_data)
+    written = []
+
+    class SmallDisk:
+        def __init__(self, path, mode):
+            self.f = open(path, mode)  # noqa: SIM115 (closed in __exit__)
+
+        def write(self, data):
+            if sum(written) + len(data) > 2_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written.append(len(data))
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(cache, "open", SmallDisk, raising=False)  # shadows the builtin
+    with pytest.raises(UserError, match="ran out of space"):
+        cache.cache_split(stream.train, tmp_path, what="training")
+    assert written and list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_breaks_while_caching_leaves_no_file(tiny_data, tmp_path, monkeypatch):
+    from tl2edge.train import cache
+
+    stream = _stream(tiny_data)
+    broken = stream.train.files()[-1]
+
+    def decode(path, size):
+        if path == broken:
+            raise BadImage("truncated")
+        return decode_rgb(path, size)
+
+    monkeypatch.setattr(cache, "decode_rgb", decode)
+    with pytest.raises(UserError, match="readable when the data was checked"):
+        cache.cache_split(stream.train, tmp_path, what="training")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("pipeline", ["stream", "memory"])
+def test_train_caches_streamed_splits_only(tiny_data, tmp_path, tiny_config, pipeline):
+    from tl2edge.train.fit import _load_data
+
+    cfg = tiny_config(tiny_data, data_pipeline=pipeline, data_cache=str(tmp_path / "cache"))
+    data = _load_data(cfg)
+    files = sorted(p.name for p in (tmp_path / "cache").glob("*"))
+    if pipeline == "stream":
+        assert data.train.x is None and len(files) == 2
+        assert {Path(data.train.cache).name, Path(data.val.cache).name} == set(files)
+    else:
+        assert data.train.x is not None and not data.train.cache and files == []
