@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument(
         "--backbone", default=str(BACKBONE), help="pretrained backbone .npz (default: shipped)"
     )
+    parser.add_argument(
+        "--keep-runs", action="store_true", help="keep the run dirs under WORK/runs (to export)"
+    )
     parser.add_argument("--work", default="build/transfer_recipes")
     parser.add_argument("--out", default="benchmarks/results/transfer_recipes.json")
     args = parser.parse_args()
@@ -138,7 +141,8 @@ def main() -> None:
                     f"test {row['test_accuracy']:6.1%}  {row['epochs_run']:>2} ep  {seconds:6.1f} s",
                     flush=True,
                 )
-                shutil.rmtree(run)
+                if not args.keep_runs:
+                    shutil.rmtree(run)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
