@@ -63,6 +63,7 @@ def write_run(
             "parent": str(run.path.resolve()),
             "parent_val_accuracy": result.parent_accuracy,
             "method": cfg.method if cfg.method == "taylor" else f"norm-{cfg.norm}",
+            "cost_weight": cfg.cost_weight,
             "target_speedup": cfg.target_speedup,
             "flops": {"parent": result.parent_flops, "pruned": result.flops},
             "speedup": round(result.speedup, 4),
@@ -210,7 +211,8 @@ def prune_markdown(lineage: dict, costs: dict, measured: dict | None, result: Pr
         "# Pruning report",
         "",
         f"- parent run: `{lineage['parent']}`",
-        f"- method: {lineage['method']}, target {lineage['target_speedup']}x FLOPs, "
+        f"- method: {lineage['method']} importance / FLOPs saved^{lineage['cost_weight']}, "
+        f"target {lineage['target_speedup']}x FLOPs, "
         f"{len(result.rounds)} step(s) kept, {result.seconds:.0f} s",
         f"- **FLOPs: {human(p['flops'])} -> {human(q['flops'])} ({result.speedup:.2f}x fewer)**; "
         f"params {human(p['params'])} -> {human(q['params'])} ({p['params'] / q['params']:.2f}x fewer)",

@@ -137,6 +137,48 @@ def test_selection_reaches_the_target_and_drops_the_least_important_first(vgg):
     assert {k: len(v) for k, v in keep.items()} == parent
 
 
+def test_a_cost_weight_cuts_the_layers_whose_filters_cost_more_flops(vgg):
+    from tl2edge.train.prune import (
+        choose_filters,
+        filter_counts,
+        floors,
+        flops_counter,
+        normalize,
+    )
+
+    count = flops_counter(vgg)
+    parent = filter_counts(vgg)
+    rng = np.random.default_rng(0)
+    scores = {k: rng.random(n) for k, n in parent.items()}
+    target = count(parent) / 3
+    floor = floors(vgg, parent, 0.1)
+    # FLOPs one filter costs: its own output map plus its input channel of the next layer.
+    cost = {k: count(parent) - count({**parent, k: parent[k] - 1}) for k in parent}
+    assert cost["block1_conv2"] == 2 * (32 * 32 * 9 * 64 + 16 * 16 * 9 * 128)
+    dearest, cheapest = max(cost, key=cost.get), min(cost, key=cost.get)
+
+    dropped = {}
+    for beta in (0.0, 0.5, 1.0):
+        keep = choose_filters(scores, count, target_flops=target, floor=floor, cost_weight=beta)
+        left = {k: len(v) for k, v in keep.items()}
+        assert count(left) <= target, beta
+        assert all(left[k] >= floor[k] for k in parent), beta
+        for k, idx in keep.items():  # within a layer, still the highest scores are kept
+            np.testing.assert_array_equal(
+                idx, np.sort(np.argsort(scores[k])[parent[k] - len(idx) :])
+            )
+        dropped[beta] = {k: parent[k] - left[k] for k in parent}
+    assert dropped[0.0][dearest] < dropped[0.5][dearest] < dropped[1.0][dearest]
+    assert dropped[0.0][cheapest] > dropped[0.5][cheapest] > dropped[1.0][cheapest]
+    # With weight 0 the order is importance alone: every dropped filter scores below every
+    # kept one, over all layers.
+    ranked = normalize(scores)
+    keep = choose_filters(scores, count, target_flops=target, floor=floor, cost_weight=0.0)
+    gone = [s for k, v in ranked.items() for i, s in enumerate(v) if i not in set(keep[k])]
+    kept = [s for k, v in ranked.items() for i, s in enumerate(v) if i in set(keep[k])]
+    assert max(gone) < min(kept)
+
+
 def test_taylor_scores_rank_a_dead_filter_last(vgg):
     import keras
 
@@ -244,6 +286,7 @@ def test_a_budget_exceeded_later_keeps_the_last_step_within_it(base_run, tmp_pat
         (["--target-speedup", "0.5"], "--target-speedup must be greater than 1"),
         (["--target-speedup", "2", "--steps", "0"], "--steps must be at least 1"),
         (["--target-speedup", "2", "--device", "npu"], "--device must be one of"),
+        (["--target-speedup", "2", "--cost-weight", "-1"], "--cost-weight must be in [0, 2]"),
     ],
 )
 def test_bad_flags_are_clear_errors_and_write_nothing(base_run, tmp_path, capsys, args, message):
