@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         f"{result.speedup:.2f}x fewer FLOPs, validation accuracy {result.accuracy:.2%} "
         f"(parent {result.parent_accuracy:.2%})"
     )
-    if result.measured:
+    if result.measured and "int8" in result.measured["ratios"]:
         r = result.measured["ratios"]["int8"]
         line += (
             f"; int8 latency b1 {r['latency_b1']:.2f}x, throughput b8 {r['throughput_b8']:.2f}x "

@@ -231,6 +231,48 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_the_report_measures_int8_as_export_makes_it(base_run, tmp_path, monkeypatch):
+    """The report's int8 is export's recipe choice on export's calibration sample; a model
+    whose int8 fails export's gate gets no int8 row."""
+    import tl2edge.export.select as select
+    from tl2edge.export import rundir
+    from tl2edge.export.config import ExportConfig
+    from tl2edge.export.gates import GateFailed
+    from tl2edge.train.prune import conv_sites, prune_model
+    from tl2edge.train.prune_fit import read_parent
+    from tl2edge.train.prune_output import measure_onnx
+
+    run, _, parent, data = read_parent(base_run)
+    pruned = prune_model(parent, {s.name: np.arange(s.filters // 2) for s in conv_sites(parent)})
+    real, calls = select.choose_int8, []
+
+    def spy(cfg, stage, fp32, calib_x, *args):
+        calls.append((cfg, calib_x))
+        if cfg.name == "pruned":
+            raise GateFailed("int8 accuracy 10% is 80 points below fp32")
+        out = real(cfg, stage, fp32, calib_x, *args)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(select, "choose_int8", spy)
+    m = measure_onnx(parent, pruned, data, device="cpu", seconds=0.3, work=tmp_path, image_size=32)
+    (cfg, calib), (int8_file, _, info), (_, _) = calls
+    defaults = ExportConfig(run_dir=".", repository=".", name="x")
+    assert (cfg.quantization, cfg.calibration_method, cfg.max_accuracy_drop) == (
+        defaults.quantization,
+        defaults.calibration_method,
+        defaults.max_accuracy_drop,
+    )
+    train, _ = rundir.load_run_images(run)
+    np.testing.assert_array_equal(
+        calib, rundir.sample(train, defaults.calibration_samples, seed=defaults.seed)
+    )
+    assert m["int8_recipe"] == {"parent": info["chosen"]}
+    assert m["variants"]["parent-int8"]["size_bytes"] == int8_file.stat().st_size
+    assert set(m["variants"]) == {"parent-fp32", "parent-int8", "pruned-fp32"}
+    assert set(m["ratios"]) == {"fp32"} and "80 points below" in m["int8_failed"]["pruned"]
+
+
 def _fake_accuracy(monkeypatch, values):
     import tl2edge.train.prune_fit as prune_fit
 
