@@ -139,14 +139,43 @@ def _cost_summary(costs) -> dict[str, Any]:
 def measure_onnx(
     parent, pruned, data, *, device: str, seconds: float, work: Path, image_size: int
 ) -> dict:
-    """Both models as `tl2edge export` makes them with its defaults: fp32 through its
+    """Both models as `tl2edge export` makes them with its defaults (see `export_like`):
+    file sizes, validation accuracy, batch-1 latency and batch-8 throughput on `device`,
+    alternating parent and pruned ROUNDS times (the machine may be shared) and reporting
+    medians. A model whose int8 fails export's gate has no int8 row (export would not ship
+    one); the reason is kept under `int8_failed`."""
+    made = export_like(
+        {"parent": parent, "pruned": pruned},
+        data,
+        work=work,
+        image_size=image_size,
+        seconds=seconds,
+    )
+    out = time_variants(made, device=device, seconds=seconds, rounds=ROUNDS)
+    v = out["variants"]
+    out["ratios"] = {
+        prec: {
+            "size": v[f"pruned-{prec}"]["size_bytes"] / v[f"parent-{prec}"]["size_bytes"],
+            "latency_b1": v[f"pruned-{prec}"]["latency_b1_p50_ms"]
+            / v[f"parent-{prec}"]["latency_b1_p50_ms"],
+            "throughput_b8": v[f"pruned-{prec}"]["throughput_b8"]
+            / v[f"parent-{prec}"]["throughput_b8"],
+        }
+        for prec in ("fp32", "int8")
+        if f"parent-{prec}" in v and f"pruned-{prec}" in v
+    }
+    return out
+
+
+def export_like(
+    models: dict[str, Any], data, *, work: Path, image_size: int, seconds: float
+) -> dict:
+    """Each Keras model as `tl2edge export` makes it with its defaults: fp32 through its
     conversion and parity gate, int8 through its recipe choice (`--quantization auto`, its
-    calibration sample of the run's training images, its accuracy gate). File sizes,
-    validation accuracy, batch-1 latency and batch-8 throughput on `device`, alternating
-    parent and pruned ROUNDS times (the machine may be shared) and reporting medians. A model
-    whose int8 fails export's gate has no int8 row (export would not ship one); the reason is
-    kept under `int8_failed`."""
-    from tl2edge.export import bench, gates, rundir
+    calibration sample of the run's training images, its accuracy gate). Returns the ONNX
+    files ("NAME-fp32", "NAME-int8"), the int8 recipe chosen per model, the gate failures,
+    and the validation and calibration images."""
+    from tl2edge.export import gates, rundir
     from tl2edge.export.api import check_fp32, convert
     from tl2edge.export.config import ExportConfig
     from tl2edge.export.select import choose_int8
@@ -154,10 +183,10 @@ def measure_onnx(
     work.mkdir(parents=True, exist_ok=True)
     train, val = rundir.run_images(data, image_size=image_size)
     files: dict[str, Path] = {}
-    recipes: dict[str, Any] = {}
+    recipes: dict[str, str] = {}
     failed: dict[str, str] = {}
     calib = None
-    for name, model in (("parent", parent), ("pruned", pruned)):
+    for name, model in models.items():
         export_cfg = ExportConfig(
             run_dir=str(work / name), repository=str(work), name=name, bench_seconds=seconds
         )
@@ -179,22 +208,37 @@ def measure_onnx(
             continue
         files[f"{name}-int8"] = int8
         recipes[name] = info["chosen"]
+    return {
+        "files": files,
+        "int8_recipe": recipes,
+        "int8_failed": failed,
+        "val": val,
+        "calib": calib,
+    }
+
+
+def time_variants(made: dict, *, device: str, seconds: float, rounds: int) -> dict:
+    """Size, validation accuracy, batch-1 p50 latency and batch-8 throughput of every file of
+    `export_like`, the files alternating `rounds` times (medians), so all see the same load."""
+    from tl2edge.export import bench
+
+    files, val = made["files"], made["val"]
     sessions = {k: bench.make_session(p, device=device) for k, p in files.items()}
     out: dict[str, Any] = {
         "device": device,
-        "provider": sessions["parent-fp32"].get_providers()[0],
+        "provider": next(iter(sessions.values())).get_providers()[0],
         "cpu": cpu_name(),
-        "rounds": ROUNDS,
-        "int8_recipe": recipes,
-        "int8_failed": failed,
+        "rounds": rounds,
+        "int8_recipe": made["int8_recipe"],
+        "int8_failed": made["int8_failed"],
         "variants": {},
     }
-    sample = val.x[:8] if len(val.x) else calib[:8]
+    sample = val.x[:8] if len(val.x) else made["calib"][:8]
     times: dict[str, dict[str, list[float]]] = {k: {"p50": [], "b8": []} for k in files}
-    log.info("measuring latency and throughput (%d alternating rounds)", ROUNDS)
-    for _ in range(ROUNDS):
+    log.info("measuring latency and throughput (%d alternating rounds)", rounds)
+    for _ in range(rounds):
         for key, session in sessions.items():
-            b1, b8 = bench.bench_session(session, sample, (1, 8), seconds=seconds / ROUNDS)
+            b1, b8 = bench.bench_session(session, sample, (1, 8), seconds=seconds / rounds)
             times[key]["p50"].append(b1.p50_ms)
             times[key]["b8"].append(b8.throughput)
     for key, path in files.items():
@@ -205,18 +249,6 @@ def measure_onnx(
             "latency_b1_p50_ms": statistics.median(times[key]["p50"]),
             "throughput_b8": statistics.median(times[key]["b8"]),
         }
-    v = out["variants"]
-    out["ratios"] = {
-        prec: {
-            "size": v[f"pruned-{prec}"]["size_bytes"] / v[f"parent-{prec}"]["size_bytes"],
-            "latency_b1": v[f"pruned-{prec}"]["latency_b1_p50_ms"]
-            / v[f"parent-{prec}"]["latency_b1_p50_ms"],
-            "throughput_b8": v[f"pruned-{prec}"]["throughput_b8"]
-            / v[f"parent-{prec}"]["throughput_b8"],
-        }
-        for prec in ("fp32", "int8")
-        if f"parent-{prec}" in v and f"pruned-{prec}" in v
-    }
     return out
 
 
