@@ -106,8 +106,9 @@ class PruneConfig:
             if self.max_accuracy_drop is not None
             else ""
         )
+        cost = f" / FLOPs saved^{self.cost_weight:g}" if self.cost_weight else ""
         return (
-            f"target {self.target_speedup}x FLOPs, {method} importance / FLOPs^{self.cost_weight}, "
+            f"target {self.target_speedup}x FLOPs, {method} importance{cost}, "
             f"{self.steps} step(s) x "
             f"{self.epochs} epoch(s) at lr {self.lr}{budget}"
         )

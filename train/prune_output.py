@@ -254,12 +254,12 @@ def time_variants(made: dict, *, device: str, seconds: float, rounds: int) -> di
 
 def prune_markdown(lineage: dict, costs: dict, measured: dict | None, result: PruneResult) -> str:
     p, q = costs["parent"], costs["pruned"]
+    cost = f" / FLOPs saved^{lineage['cost_weight']:g}" if lineage["cost_weight"] else ""
     lines = [
         "# Pruning report",
         "",
         f"- parent run: `{lineage['parent']}`",
-        f"- method: {lineage['method']} importance / FLOPs saved^{lineage['cost_weight']}, "
-        f"target {lineage['target_speedup']}x FLOPs, "
+        f"- method: {lineage['method']} importance{cost}, target {lineage['target_speedup']}x FLOPs, "
         f"{len(result.rounds)} step(s) kept, {result.seconds:.0f} s",
         f"- **FLOPs: {human(p['flops'])} -> {human(q['flops'])} ({result.speedup:.2f}x fewer)**; "
         f"params {human(p['params'])} -> {human(q['params'])} ({p['params'] / q['params']:.2f}x fewer)",

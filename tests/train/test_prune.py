@@ -202,7 +202,14 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
 
     out = tmp_path / "pruned"
     result = prune(
-        base_run, out=out, target_speedup=2.5, method="norm", steps=2, epochs=1, measure=False
+        base_run,
+        out=out,
+        target_speedup=2.5,
+        method="norm",
+        steps=2,
+        epochs=1,
+        cost_weight=0.5,
+        measure=False,
     )
     run = open_run(out)
     model = load_keras_model(run)
@@ -220,6 +227,8 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
         assert (out / name).is_file(), name
     lineage = json.loads((out / "prune.json").read_text())
     assert lineage["parent"] == str(base_run.resolve())
+    assert lineage["cost_weight"] == 0.5
+    assert json.loads((out / "prune_config.json").read_text())["cost_weight"] == 0.5
     sub = model.get_layer("vgg16")
     for name, layer in lineage["layers"].items():
         assert len(layer["kept"]) == layer["filters"] == sub.get_layer(name).kernel.shape[-1]
@@ -228,6 +237,7 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert [h["phase"] for h in history] == ["prune-1", "prune-2"]
     assert "Pruning report" in (out / "report.md").read_text()
+    assert "norm-l1 importance / FLOPs saved^0.5" in (out / "report.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
