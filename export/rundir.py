@@ -136,9 +136,14 @@ def load_run_data(run: Run, *, allow_changed_data: bool = False):
 def load_run_images(run: Run, *, allow_changed_data: bool = False) -> tuple[Images, Images]:
     """(training, validation) images of the run's saved split (see `load_run_data`)."""
     data = load_run_data(run, allow_changed_data=allow_changed_data)
+    return run_images(data, image_size=run.image_size)
+
+
+def run_images(data, *, image_size: int) -> tuple[Images, Images]:
+    """(training, validation) Images of a run's data as `load_run_data` returns it."""
     val = Images(data.val.x, data.val.y)
     if data.train.x is None:  # too big for memory: only the calibration sample is decoded
-        return Images(None, paths=tuple(data.train.files()), image_size=run.image_size), val
+        return Images(None, paths=tuple(data.train.files()), image_size=image_size), val
     return Images(data.train.x), val
 
 

@@ -5,7 +5,11 @@
   |sum over positions of activation x gradient| summed over training images, Molchanov
   et al. 2017). Scores are divided by their layer's L2 norm so layers can be ranked together.
 - Selection: drop the globally least important filters until the FLOPs count reaches a
-  target, never leaving a layer below a floor.
+  target, never leaving a layer below a floor. With a cost weight beta > 0 a filter is ranked
+  by score / cost**beta, cost being the FLOPs its removal saves (its own output map plus its
+  input channel of the next layer), in the spirit of Molchanov et al. 2017's FLOPs
+  regularisation: a filter of an early, large-map layer is worth more FLOPs than one of a
+  2x2 block-5 layer, so at equal importance it goes first. beta = 0 ranks by importance only.
 - Surgery: a new dense model with fewer filters per conv layer; each kept filter's kernel and
   bias are copied, the next conv's input channels and the first Dense after global pooling
   are cut to the kept filters. Nothing is re-initialised, so keeping every filter gives the
@@ -177,21 +181,35 @@ def choose_filters(
     *,
     target_flops: float,
     floor: dict[str, int],
+    cost_weight: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Indices of the filters to keep per layer (sorted): the least important filters over
-    all layers are dropped until count(...) <= target_flops or every layer is at its floor."""
+    """Indices of the filters to keep per layer (sorted). Filters are dropped one at a time,
+    each time the one with the lowest normalised score / cost**cost_weight over all layers
+    (cost: the FLOPs dropping it saves with the current filter counts), until
+    count(...) <= target_flops or every layer is at its floor."""
     ranked = normalize(scores)
-    keep = {k: np.ones(len(v), bool) for k, v in ranked.items()}
+    # Within a layer every filter costs the same, so each layer drops in score order and only
+    # the next candidate of each layer competes.
+    order = {k: np.argsort(v, kind="stable") for k, v in ranked.items()}
     filters = {k: len(v) for k, v in ranked.items()}
-    order = sorted(((float(s), k, i) for k, v in ranked.items() for i, s in enumerate(v)))
-    for _, name, i in order:
-        if count(filters) <= target_flops:
+    dropped = dict.fromkeys(ranked, 0)
+    flops = count(filters)
+    while flops > target_flops:
+        best = None
+        for name in ranked:
+            if filters[name] <= floor[name]:
+                continue
+            i = int(order[name][dropped[name]])
+            after = count({**filters, name: filters[name] - 1})
+            key = (float(ranked[name][i]) / float(flops - after) ** cost_weight, name, i)
+            if best is None or key < best[0]:
+                best = (key, after)
+        if best is None:  # every layer at its floor
             break
-        if filters[name] <= floor[name]:
-            continue
-        keep[name][i] = False
+        (_, name, _), flops = best
         filters[name] -= 1
-    return {k: np.flatnonzero(v) for k, v in keep.items()}
+        dropped[name] += 1
+    return {k: np.sort(order[k][dropped[k] :]) for k in ranked}
 
 
 def floors(model, parent_filters: dict[str, int], min_keep: float) -> dict[str, int]:

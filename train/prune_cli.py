@@ -74,6 +74,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of each layer's filters that always stays (default %(default)s)",
     )
     p.add_argument(
+        "--cost-weight",
+        type=float,
+        default=_default("cost_weight"),
+        metavar="BETA",
+        help="rank filters by importance / (FLOPs their removal saves)^BETA, so filters of "
+        "early layers with large maps, which cost the most compute, go first at equal "
+        "importance: 0 ranks by importance alone (late 512-filter layers are cut hardest, "
+        "which saves weights more than compute), 1 by importance per FLOP; in [0, 2] "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--no-measure",
         action="store_true",
         help="skip the ONNX fp32/int8 size, latency and throughput comparison in the report",
@@ -106,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         max_accuracy_drop=args.max_accuracy_drop,
         taylor_images=args.taylor_images,
         min_keep=args.min_keep,
+        cost_weight=args.cost_weight,
         measure=not args.no_measure,
         device=args.device,
         bench_seconds=args.bench_seconds,
@@ -122,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         f"{result.speedup:.2f}x fewer FLOPs, validation accuracy {result.accuracy:.2%} "
         f"(parent {result.parent_accuracy:.2%})"
     )
-    if result.measured:
+    if result.measured and "int8" in result.measured["ratios"]:
         r = result.measured["ratios"]["int8"]
         line += (
             f"; int8 latency b1 {r['latency_b1']:.2f}x, throughput b8 {r['throughput_b8']:.2f}x "

@@ -25,8 +25,6 @@ from tl2edge.train.prune_fit import CONFIG_FILE, LINEAGE_FILE, PruneConfig, Prun
 
 log = logging.getLogger("tl2edge.train")
 
-OPSET = 17
-CALIBRATION_IMAGES = 64
 ROUNDS = 3  # measurements alternate parent / pruned this many times; medians are reported
 
 
@@ -63,6 +61,7 @@ def write_run(
             "parent": str(run.path.resolve()),
             "parent_val_accuracy": result.parent_accuracy,
             "method": cfg.method if cfg.method == "taylor" else f"norm-{cfg.norm}",
+            "cost_weight": cfg.cost_weight,
             "target_speedup": cfg.target_speedup,
             "flops": {"parent": result.parent_flops, "pruned": result.flops},
             "speedup": round(result.speedup, 4),
@@ -93,6 +92,7 @@ def write_run(
                 device=cfg.device,
                 seconds=cfg.bench_seconds,
                 work=staging / "measure",
+                image_size=int(run.image_size),
             )
             shutil.rmtree(staging / "measure", ignore_errors=True)
         result = dataclasses.replace(result, measured=measured)
@@ -136,60 +136,22 @@ def _cost_summary(costs) -> dict[str, Any]:
     }
 
 
-def measure_onnx(parent, pruned, data, *, device: str, seconds: float, work: Path) -> dict:
-    """Both models as fp32 and int8 ONNX (as export makes them): file sizes, validation
-    accuracy, batch-1 latency and batch-8 throughput on `device`, alternating parent and
-    pruned ROUNDS times (the machine may be shared) and reporting medians."""
-    import onnx
-
-    from tl2edge.export import bench, quantize
-    from tl2edge.export import onnx as onnx_step
-
-    work.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    n = min(CALIBRATION_IMAGES, len(data.train))
-    calib = data.train.pixels(np.sort(rng.choice(len(data.train), n, replace=False)))
-    files: dict[str, Path] = {}
-    for name, model in (("parent", parent), ("pruned", pruned)):
-        log.info("measuring: converting the %s model to ONNX fp32 and int8", name)
-        folder = work / name
-        folder.mkdir()
-        onnx.save(onnx_step.convert_keras(model, opset=OPSET), str(folder / "converted.onnx"))
-        onnx_step.optimize(folder / "converted.onnx", folder / "fp32.onnx")
-        quantize.preprocess(folder / "fp32.onnx", folder / "prepared.onnx")
-        quantize.quantize_int8(
-            folder / "prepared.onnx",
-            folder / "int8.onnx",
-            calib,
-            quantize.PRESETS["u8s8"],
-            cache_dir=folder,
-        )
-        files[f"{name}-fp32"] = folder / "fp32.onnx"
-        files[f"{name}-int8"] = folder / "int8.onnx"
-    sessions = {k: bench.make_session(p, device=device) for k, p in files.items()}
-    out: dict[str, Any] = {
-        "device": device,
-        "provider": sessions["parent-fp32"].get_providers()[0],
-        "cpu": cpu_name(),
-        "rounds": ROUNDS,
-        "variants": {},
-    }
-    sample = data.val.x[:8] if len(data.val) else calib[:8]
-    times: dict[str, dict[str, list[float]]] = {k: {"p50": [], "b8": []} for k in files}
-    log.info("measuring latency and throughput (%d alternating rounds)", ROUNDS)
-    for _ in range(ROUNDS):
-        for key, session in sessions.items():
-            b1, b8 = bench.bench_session(session, sample, (1, 8), seconds=seconds / ROUNDS)
-            times[key]["p50"].append(b1.p50_ms)
-            times[key]["b8"].append(b8.throughput)
-    for key, path in files.items():
-        probs = bench.predict(sessions[key], data.val.x)
-        out["variants"][key] = {
-            "size_bytes": path.stat().st_size,
-            "accuracy": float((probs.argmax(1) == data.val.y).mean()),
-            "latency_b1_p50_ms": statistics.median(times[key]["p50"]),
-            "throughput_b8": statistics.median(times[key]["b8"]),
-        }
+def measure_onnx(
+    parent, pruned, data, *, device: str, seconds: float, work: Path, image_size: int
+) -> dict:
+    """Both models as `tl2edge export` makes them with its defaults (see `export_like`):
+    file sizes, validation accuracy, batch-1 latency and batch-8 throughput on `device`,
+    alternating parent and pruned ROUNDS times (the machine may be shared) and reporting
+    medians. A model whose int8 fails export's gate has no int8 row (export would not ship
+    one); the reason is kept under `int8_failed`."""
+    made = export_like(
+        {"parent": parent, "pruned": pruned},
+        data,
+        work=work,
+        image_size=image_size,
+        seconds=seconds,
+    )
+    out = time_variants(made, device=device, seconds=seconds, rounds=ROUNDS)
     v = out["variants"]
     out["ratios"] = {
         prec: {
@@ -200,17 +162,104 @@ def measure_onnx(parent, pruned, data, *, device: str, seconds: float, work: Pat
             / v[f"parent-{prec}"]["throughput_b8"],
         }
         for prec in ("fp32", "int8")
+        if f"parent-{prec}" in v and f"pruned-{prec}" in v
     }
+    return out
+
+
+def export_like(
+    models: dict[str, Any], data, *, work: Path, image_size: int, seconds: float
+) -> dict:
+    """Each Keras model as `tl2edge export` makes it with its defaults: fp32 through its
+    conversion and parity gate, int8 through its recipe choice (`--quantization auto`, its
+    calibration sample of the run's training images, its accuracy gate). Returns the ONNX
+    files ("NAME-fp32", "NAME-int8"), the int8 recipe chosen per model, the gate failures,
+    and the validation and calibration images."""
+    from tl2edge.export import gates, rundir
+    from tl2edge.export.api import check_fp32, convert
+    from tl2edge.export.config import ExportConfig
+    from tl2edge.export.select import choose_int8
+
+    work.mkdir(parents=True, exist_ok=True)
+    train, val = rundir.run_images(data, image_size=image_size)
+    files: dict[str, Path] = {}
+    recipes: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    calib = None
+    for name, model in models.items():
+        export_cfg = ExportConfig(
+            run_dir=str(work / name), repository=str(work), name=name, bench_seconds=seconds
+        )
+        if calib is None:
+            calib = rundir.sample(train, export_cfg.calibration_samples, seed=export_cfg.seed)
+        log.info("measuring: the %s model as export makes it (fp32, int8)", name)
+        folder = work / name
+        folder.mkdir()
+        try:
+            fp32 = convert(model, folder, opset=export_cfg.opset)
+            files[f"{name}-fp32"] = fp32
+            _, _, fp32_probs, quality = check_fp32(export_cfg, model, fp32, val)
+            int8, _, info = choose_int8(
+                export_cfg, folder, fp32, calib, val.x, val.y, fp32_probs, quality["fp32"]
+            )
+        except gates.GateFailed as exc:
+            log.warning("%s model: export's gate fails: %s", name, exc)
+            failed[name] = str(exc)
+            continue
+        files[f"{name}-int8"] = int8
+        recipes[name] = info["chosen"]
+    return {
+        "files": files,
+        "int8_recipe": recipes,
+        "int8_failed": failed,
+        "val": val,
+        "calib": calib,
+    }
+
+
+def time_variants(made: dict, *, device: str, seconds: float, rounds: int) -> dict:
+    """Size, validation accuracy, batch-1 p50 latency and batch-8 throughput of every file of
+    `export_like`, the files alternating `rounds` times (medians), so all see the same load."""
+    from tl2edge.export import bench
+
+    files, val = made["files"], made["val"]
+    sessions = {k: bench.make_session(p, device=device) for k, p in files.items()}
+    out: dict[str, Any] = {
+        "device": device,
+        "provider": next(iter(sessions.values())).get_providers()[0],
+        "cpu": cpu_name(),
+        "rounds": rounds,
+        "int8_recipe": made["int8_recipe"],
+        "int8_failed": made["int8_failed"],
+        "variants": {},
+    }
+    sample = val.x[:8] if len(val.x) else made["calib"][:8]
+    times: dict[str, dict[str, list[float]]] = {k: {"p50": [], "b8": []} for k in files}
+    log.info("measuring latency and throughput (%d alternating rounds)", rounds)
+    for _ in range(rounds):
+        for key, session in sessions.items():
+            b1, b8 = bench.bench_session(session, sample, (1, 8), seconds=seconds / rounds)
+            times[key]["p50"].append(b1.p50_ms)
+            times[key]["b8"].append(b8.throughput)
+    for key, path in files.items():
+        probs = bench.predict(sessions[key], val.x)
+        out["variants"][key] = {
+            "size_bytes": path.stat().st_size,
+            "accuracy": float((probs.argmax(1) == val.y).mean()),
+            "latency_b1_p50_ms": statistics.median(times[key]["p50"]),
+            "throughput_b8": statistics.median(times[key]["b8"]),
+        }
     return out
 
 
 def prune_markdown(lineage: dict, costs: dict, measured: dict | None, result: PruneResult) -> str:
     p, q = costs["parent"], costs["pruned"]
+    cost = f" / FLOPs saved^{lineage['cost_weight']:g}" if lineage["cost_weight"] else ""
     lines = [
         "# Pruning report",
         "",
         f"- parent run: `{lineage['parent']}`",
-        f"- method: {lineage['method']}, target {lineage['target_speedup']}x FLOPs, "
+        f"- method: {lineage['method']} importance{cost}, target {lineage['target_speedup']}x FLOPs, "
         f"{len(result.rounds)} step(s) kept, {result.seconds:.0f} s",
         f"- **FLOPs: {human(p['flops'])} -> {human(q['flops'])} ({result.speedup:.2f}x fewer)**; "
         f"params {human(p['params'])} -> {human(q['params'])} ({p['params'] / q['params']:.2f}x fewer)",
@@ -238,8 +287,9 @@ def prune_markdown(lineage: dict, costs: dict, measured: dict | None, result: Pr
     if measured:
         lines += [
             "",
-            f"ONNX on {measured['provider']} ({measured['cpu']}), medians of "
-            f"{measured['rounds']} alternating rounds:",
+            f"ONNX as `tl2edge export` makes it (int8: its recipe choice and gate) on "
+            f"{measured['provider']} ({measured['cpu']}), medians of {measured['rounds']} "
+            "alternating rounds:",
             "",
             "| model | size | accuracy | latency b1 p50 | throughput b8 |",
             "|---|---:|---:|---:|---:|",
@@ -249,6 +299,11 @@ def prune_markdown(lineage: dict, costs: dict, measured: dict | None, result: Pr
                 f"| {key} | {m['size_bytes'] / 2**20:.2f} MiB | {m['accuracy']:.2%} "
                 f"| {m['latency_b1_p50_ms']:.2f} ms | {m['throughput_b8']:.0f} img/s |"
             )
+        lines.append("")
+        for name, recipe in measured["int8_recipe"].items():
+            lines.append(f"- {name} int8 recipe: {recipe}")
+        for name, reason in measured["int8_failed"].items():
+            lines.append(f"- **{name}: export's gate fails, no int8**: {reason}")
         lines += [
             "",
             "| pruned / parent | size | latency b1 | throughput b8 |",
@@ -285,7 +340,7 @@ def plot_prune(lineage: dict, costs: dict, measured: dict | None, path: Path) ->
         costs["pruned"]["flops"] / costs["parent"]["flops"],
         costs["pruned"]["params"] / costs["parent"]["params"],
     ]
-    if measured:
+    if measured and "int8" in measured["ratios"]:
         r = measured["ratios"]["int8"]
         labels += ["int8 size", "int8 latency b1", "int8 throughput b8"]
         values += [r["size"], r["latency_b1"], r["throughput_b8"]]

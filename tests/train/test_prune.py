@@ -137,6 +137,48 @@ def test_selection_reaches_the_target_and_drops_the_least_important_first(vgg):
     assert {k: len(v) for k, v in keep.items()} == parent
 
 
+def test_a_cost_weight_cuts_the_layers_whose_filters_cost_more_flops(vgg):
+    from tl2edge.train.prune import (
+        choose_filters,
+        filter_counts,
+        floors,
+        flops_counter,
+        normalize,
+    )
+
+    count = flops_counter(vgg)
+    parent = filter_counts(vgg)
+    rng = np.random.default_rng(0)
+    scores = {k: rng.random(n) for k, n in parent.items()}
+    target = count(parent) / 3
+    floor = floors(vgg, parent, 0.1)
+    # FLOPs one filter costs: its own output map plus its input channel of the next layer.
+    cost = {k: count(parent) - count({**parent, k: parent[k] - 1}) for k in parent}
+    assert cost["block1_conv2"] == 2 * (32 * 32 * 9 * 64 + 16 * 16 * 9 * 128)
+    dearest, cheapest = max(cost, key=cost.get), min(cost, key=cost.get)
+
+    dropped = {}
+    for beta in (0.0, 0.5, 1.0):
+        keep = choose_filters(scores, count, target_flops=target, floor=floor, cost_weight=beta)
+        left = {k: len(v) for k, v in keep.items()}
+        assert count(left) <= target, beta
+        assert all(left[k] >= floor[k] for k in parent), beta
+        for k, idx in keep.items():  # within a layer, still the highest scores are kept
+            np.testing.assert_array_equal(
+                idx, np.sort(np.argsort(scores[k])[parent[k] - len(idx) :])
+            )
+        dropped[beta] = {k: parent[k] - left[k] for k in parent}
+    assert dropped[0.0][dearest] < dropped[0.5][dearest] < dropped[1.0][dearest]
+    assert dropped[0.0][cheapest] > dropped[0.5][cheapest] > dropped[1.0][cheapest]
+    # With weight 0 the order is importance alone: every dropped filter scores below every
+    # kept one, over all layers.
+    ranked = normalize(scores)
+    keep = choose_filters(scores, count, target_flops=target, floor=floor, cost_weight=0.0)
+    gone = [s for k, v in ranked.items() for i, s in enumerate(v) if i not in set(keep[k])]
+    kept = [s for k, v in ranked.items() for i, s in enumerate(v) if i in set(keep[k])]
+    assert max(gone) < min(kept)
+
+
 def test_taylor_scores_rank_a_dead_filter_last(vgg):
     import keras
 
@@ -160,7 +202,14 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
 
     out = tmp_path / "pruned"
     result = prune(
-        base_run, out=out, target_speedup=2.5, method="norm", steps=2, epochs=1, measure=False
+        base_run,
+        out=out,
+        target_speedup=2.5,
+        method="norm",
+        steps=2,
+        epochs=1,
+        cost_weight=0.5,
+        measure=False,
     )
     run = open_run(out)
     model = load_keras_model(run)
@@ -178,6 +227,8 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
         assert (out / name).is_file(), name
     lineage = json.loads((out / "prune.json").read_text())
     assert lineage["parent"] == str(base_run.resolve())
+    assert lineage["cost_weight"] == 0.5
+    assert json.loads((out / "prune_config.json").read_text())["cost_weight"] == 0.5
     sub = model.get_layer("vgg16")
     for name, layer in lineage["layers"].items():
         assert len(layer["kept"]) == layer["filters"] == sub.get_layer(name).kernel.shape[-1]
@@ -186,7 +237,50 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert [h["phase"] for h in history] == ["prune-1", "prune-2"]
     assert "Pruning report" in (out / "report.md").read_text()
+    assert "norm-l1 importance / FLOPs saved^0.5" in (out / "report.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_the_report_measures_int8_as_export_makes_it(base_run, tmp_path, monkeypatch):
+    """The report's int8 is export's recipe choice on export's calibration sample; a model
+    whose int8 fails export's gate gets no int8 row."""
+    import tl2edge.export.select as select
+    from tl2edge.export import rundir
+    from tl2edge.export.config import ExportConfig
+    from tl2edge.export.gates import GateFailed
+    from tl2edge.train.prune import conv_sites, prune_model
+    from tl2edge.train.prune_fit import read_parent
+    from tl2edge.train.prune_output import measure_onnx
+
+    run, _, parent, data = read_parent(base_run)
+    pruned = prune_model(parent, {s.name: np.arange(s.filters // 2) for s in conv_sites(parent)})
+    real, calls = select.choose_int8, []
+
+    def spy(cfg, stage, fp32, calib_x, *args):
+        calls.append((cfg, calib_x))
+        if cfg.name == "pruned":
+            raise GateFailed("int8 accuracy 10% is 80 points below fp32")
+        out = real(cfg, stage, fp32, calib_x, *args)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(select, "choose_int8", spy)
+    m = measure_onnx(parent, pruned, data, device="cpu", seconds=0.3, work=tmp_path, image_size=32)
+    (cfg, calib), (int8_file, _, info), (_, _) = calls
+    defaults = ExportConfig(run_dir=".", repository=".", name="x")
+    assert (cfg.quantization, cfg.calibration_method, cfg.max_accuracy_drop) == (
+        defaults.quantization,
+        defaults.calibration_method,
+        defaults.max_accuracy_drop,
+    )
+    train, _ = rundir.load_run_images(run)
+    np.testing.assert_array_equal(
+        calib, rundir.sample(train, defaults.calibration_samples, seed=defaults.seed)
+    )
+    assert m["int8_recipe"] == {"parent": info["chosen"]}
+    assert m["variants"]["parent-int8"]["size_bytes"] == int8_file.stat().st_size
+    assert set(m["variants"]) == {"parent-fp32", "parent-int8", "pruned-fp32"}
+    assert set(m["ratios"]) == {"fp32"} and "80 points below" in m["int8_failed"]["pruned"]
 
 
 def _fake_accuracy(monkeypatch, values):
@@ -244,6 +338,7 @@ def test_a_budget_exceeded_later_keeps_the_last_step_within_it(base_run, tmp_pat
         (["--target-speedup", "0.5"], "--target-speedup must be greater than 1"),
         (["--target-speedup", "2", "--steps", "0"], "--steps must be at least 1"),
         (["--target-speedup", "2", "--device", "npu"], "--device must be one of"),
+        (["--target-speedup", "2", "--cost-weight", "-1"], "--cost-weight must be in [0, 2]"),
     ],
 )
 def test_bad_flags_are_clear_errors_and_write_nothing(base_run, tmp_path, capsys, args, message):
