@@ -182,33 +182,46 @@ def choose_filters(
     target_flops: float,
     floor: dict[str, int],
     cost_weight: float = 0.0,
+    channel_multiple: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Indices of the filters to keep per layer (sorted). Filters are dropped one at a time,
-    each time the one with the lowest normalised score / cost**cost_weight over all layers
-    (cost: the FLOPs dropping it saves with the current filter counts), until
-    count(...) <= target_flops or every layer is at its floor."""
+    """Indices of the filters to keep per layer (sorted). Filters are dropped a group at a
+    time, each time the group with the lowest mean normalised score / cost**cost_weight over
+    all layers (cost: the FLOPs dropping it saves with the current filter counts), until
+    count(...) <= target_flops or every layer is at its floor.
+
+    A group is `channel_multiple` filters in a layer whose filter count is a multiple of it
+    (and at least twice it), so such layers keep a multiple of it; one filter elsewhere.
+    """
     ranked = normalize(scores)
     # Within a layer every filter costs the same, so each layer drops in score order and only
-    # the next candidate of each layer competes.
+    # the next group of each layer competes.
     order = {k: np.argsort(v, kind="stable") for k, v in ranked.items()}
     filters = {k: len(v) for k, v in ranked.items()}
+    group = {
+        k: channel_multiple if n % channel_multiple == 0 and n >= 2 * channel_multiple else 1
+        for k, n in filters.items()
+    }
+    lowest = {k: max(floor[k], group[k]) for k in ranked}
+    lowest = {k: -(-lowest[k] // group[k]) * group[k] for k in ranked}  # up to a multiple
     dropped = dict.fromkeys(ranked, 0)
     flops = count(filters)
     while flops > target_flops:
         best = None
         for name in ranked:
-            if filters[name] <= floor[name]:
+            n = group[name]
+            if filters[name] - n < lowest[name]:
                 continue
-            i = int(order[name][dropped[name]])
-            after = count({**filters, name: filters[name] - 1})
-            key = (float(ranked[name][i]) / float(flops - after) ** cost_weight, name, i)
+            next_ = order[name][dropped[name] : dropped[name] + n]
+            after = count({**filters, name: filters[name] - n})
+            score = float(np.mean(ranked[name][next_]))
+            key = (score / float(flops - after) ** cost_weight, name)
             if best is None or key < best[0]:
                 best = (key, after)
         if best is None:  # every layer at its floor
             break
-        (_, name, _), flops = best
-        filters[name] -= 1
-        dropped[name] += 1
+        (_, name), flops = best
+        filters[name] -= group[name]
+        dropped[name] += group[name]
     return {k: np.sort(order[k][dropped[k] :]) for k in ranked}
 
 

@@ -85,6 +85,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default %(default)s)",
     )
     p.add_argument(
+        "--channel-multiple",
+        type=int,
+        default=_default("channel_multiple"),
+        metavar="M",
+        help="drop filters M at a time from layers whose width is a multiple of M, so widths "
+        "stay multiples of M (int8 kernels run faster on them); 1: any width "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--no-measure",
         action="store_true",
         help="skip the ONNX fp32/int8 size, latency and throughput comparison in the report",
@@ -118,6 +127,7 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         taylor_images=args.taylor_images,
         min_keep=args.min_keep,
         cost_weight=args.cost_weight,
+        channel_multiple=args.channel_multiple,
         measure=not args.no_measure,
         device=args.device,
         bench_seconds=args.bench_seconds,

@@ -51,6 +51,10 @@ class PruneConfig:
     # default: beta 0.5 reached the same accuracy but no clearly faster int8 at 32 px on a
     # 2-core EPYC, where speed followed channel counts more than FLOPs (docs/benchmarks.md).
     cost_weight: float = 0.0
+    # Filters leave layers in groups of this many, so layer widths stay multiples of it (as
+    # NVIDIA TAO's prune granularity). int8 convolutions on a 2-core EPYC ran 1.1-1.4x faster
+    # at batch 8 on widths rounded to 16 than on the same selections unrounded.
+    channel_multiple: int = 16
     measure: bool = True  # ONNX fp32/int8 sizes, latency and throughput in the report
     device: str = "cpu"
     bench_seconds: float = 2.0
@@ -82,6 +86,10 @@ class PruneConfig:
             raise UserError(f"--taylor-images must be at least 1, got {self.taylor_images}")
         if not 0 < self.min_keep <= 1:
             raise UserError(f"--min-keep must be in (0, 1], got {self.min_keep}")
+        if not 1 <= self.channel_multiple <= 256:
+            raise UserError(
+                f"--channel-multiple must be from 1 (any width) to 256, got {self.channel_multiple}"
+            )
         if not 0 <= self.cost_weight <= 2:
             raise UserError(
                 f"--cost-weight must be in [0, 2] (0: importance only, 1: importance per FLOP), "
@@ -107,6 +115,9 @@ class PruneConfig:
             else ""
         )
         cost = f" / FLOPs saved^{self.cost_weight:g}" if self.cost_weight else ""
+        cost += (
+            f", widths in multiples of {self.channel_multiple}" if self.channel_multiple > 1 else ""
+        )
         return (
             f"target {self.target_speedup}x FLOPs, {method} importance{cost}, "
             f"{self.steps} step(s) x "
@@ -236,7 +247,12 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
             scores = surgery.norm_scores(model, norm=cfg.norm)
         target = parent_flops / cfg.target_speedup ** (step / cfg.steps)
         keep = surgery.choose_filters(
-            scores, count, target_flops=target, floor=floor, cost_weight=cfg.cost_weight
+            scores,
+            count,
+            target_flops=target,
+            floor=floor,
+            cost_weight=cfg.cost_weight,
+            channel_multiple=cfg.channel_multiple,
         )
         candidate = surgery.prune_model(model, keep)
         filters = {k: len(v) for k, v in keep.items()}

@@ -62,6 +62,7 @@ def write_run(
             "parent_val_accuracy": result.parent_accuracy,
             "method": cfg.method if cfg.method == "taylor" else f"norm-{cfg.norm}",
             "cost_weight": cfg.cost_weight,
+            "channel_multiple": cfg.channel_multiple,
             "target_speedup": cfg.target_speedup,
             "flops": {"parent": result.parent_flops, "pruned": result.flops},
             "speedup": round(result.speedup, 4),
@@ -255,6 +256,8 @@ def time_variants(made: dict, *, device: str, seconds: float, rounds: int) -> di
 def prune_markdown(lineage: dict, costs: dict, measured: dict | None, result: PruneResult) -> str:
     p, q = costs["parent"], costs["pruned"]
     cost = f" / FLOPs saved^{lineage['cost_weight']:g}" if lineage["cost_weight"] else ""
+    multiple = lineage.get("channel_multiple", 1)
+    cost += f", widths in multiples of {multiple}" if multiple > 1 else ""
     lines = [
         "# Pruning report",
         "",

@@ -179,6 +179,40 @@ def test_a_cost_weight_cuts_the_layers_whose_filters_cost_more_flops(vgg):
     assert max(gone) < min(kept)
 
 
+def test_a_channel_multiple_keeps_every_width_a_multiple_of_it(vgg):
+    from tl2edge.train.prune import choose_filters, filter_counts, floors, flops_counter
+
+    count = flops_counter(vgg)
+    parent = filter_counts(vgg)
+    rng = np.random.default_rng(1)
+    scores = {k: rng.random(n) for k, n in parent.items()}
+    target = count(parent) / 3
+    floor = floors(vgg, parent, 0.1)
+    for beta in (0.0, 0.5):
+        keep = choose_filters(
+            scores, count, target_flops=target, floor=floor, cost_weight=beta, channel_multiple=16
+        )
+        left = {k: len(v) for k, v in keep.items()}
+        assert count(left) <= target
+        assert all(n % 16 == 0 and n >= max(16, floor[k]) for k, n in left.items()), left
+        for k, idx in keep.items():  # a layer still keeps its highest scores
+            np.testing.assert_array_equal(
+                idx, np.sort(np.argsort(scores[k])[parent[k] - len(idx) :])
+            )
+    single = choose_filters(scores, count, target_flops=target, floor=floor)
+    assert any(len(v) % 16 for v in single.values())  # unconstrained widths are not all multiples
+    # a layer too narrow for groups (fewer than twice the multiple) drops single filters
+    small = {"a": rng.random(24), "b": rng.random(64)}
+    keep = choose_filters(
+        small,
+        lambda f: 10 * f["a"] + f["b"],
+        target_flops=10 * 20 + 40,
+        floor={"a": 1, "b": 1},
+        channel_multiple=16,
+    )
+    assert len(keep["b"]) % 16 == 0 and len(keep["a"]) < 24
+
+
 def test_taylor_scores_rank_a_dead_filter_last(vgg):
     import keras
 
