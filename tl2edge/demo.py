@@ -2,7 +2,8 @@
 
 1. Writes the target task (5 shape classes, few images per class) and a held-out test set.
 2. Fine-tunes VGG16 from the shipped backbone (pretrained by tl2edge on the synthetic
-   source task, `make source-backbone`): head first, then the top block unfrozen.
+   source and procedural tasks, `make source-backbone`): head first, then the top block
+   unfrozen.
 3. Trains the same model from scratch with the same epochs, for comparison
    (`--baseline scratch`: the run's report states the transfer gain).
 4. Exports the fine-tuned model to ONNX (fp32 + int8) and prints the variant table.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tl2edge.errors import UserError
 
-# VGG16's conv base pretrained by tl2edge on the synthetic source task (`make source-backbone`),
+# VGG16's conv base pretrained by tl2edge on procedural images (`make source-backbone`),
 # float16 npz; its training report is vgg16_synth_source.md beside it.
 SOURCE_BACKBONE = "vgg16_synth_source.npz"
 

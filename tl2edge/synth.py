@@ -1,15 +1,16 @@
 """The built-in synthetic data: procedural images of shapes and textures.
 
-Two tasks with disjoint classes:
-- `source`: ten classes of basic shapes and textures, many images; the task the shipped
-  VGG16 backbone is pretrained on.
+Tasks (the target's classes appear in no other task):
+- `source`: ten classes of basic shapes and textures, many images; the first stage of the
+  shipped VGG16 backbone's pretraining.
 - `target`: five other classes built from the same visual vocabulary (edges, corners,
   curves, periodic textures), few images per class; the task the demo fine-tunes on, so
   that features learned on the source task visibly help.
 - `procedural`: a richer pretraining source of 53 classes: the source task's ten, 32 iterated
   function systems (one fractal per class, as in FractalDB), filtered noise (1/f spectra,
   frequency bands, an oriented spectrum), Gabor gratings (single, plaid, a field of small
-  ones, rings) and dead-leaves images of discs or squares. Still no glyphs.
+  ones, rings) and dead-leaves images of discs or squares. Still no glyphs. The second
+  stage of the shipped backbone's pretraining.
 - `glyphs`: ten digits and letters drawn in the DejaVu fonts that ship with matplotlib
   (sans, serif and mono, four styles each), with random size, position, rotation, stroke,
   colours and blur: a far-domain task, unlike anything in the source task, to check that
