@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 LINUX = sys.platform.startswith("linux")
 MAX_NICE = 19
@@ -58,27 +57,18 @@ class Spawner:
     """One thread at the process's priority that starts other threads on request."""
 
     def __init__(self) -> None:
-        self.niceness = niceness()  # the new thread inherits it
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="spawner", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            call, done = self._calls.get()
-            try:
-                done.set_result(call())
-            except BaseException as exc:  # handed to the caller
-                done.set_exception(exc)
+        # Started now, by the calling thread: it inherits that thread's niceness.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="spawner")
+        self.niceness, self._ident = self._pool.submit(
+            lambda: (niceness(), threading.get_ident())
+        ).result()
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the spawner thread and wait for it: threads it starts keep the
         process's priority."""
-        if threading.current_thread() is self._thread:
+        if threading.get_ident() == self._ident:
             return fn()
-        done: Future[T] = Future()
-        self._calls.put((fn, done))
-        return done.result()
+        return self._pool.submit(fn).result()
 
 
 _spawner: Spawner | None = None
