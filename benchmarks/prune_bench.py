@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--target-speedup", type=float, default=3.0)
     parser.add_argument("--method", default="taylor")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, help="per step (default: tl2edge prune's)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument(
         "--cost-weight",
@@ -100,7 +100,7 @@ def bench_one(args, parent: Path, cost_weight: float, *, parent_train_s: float) 
         "method": args.method,
         "cost_weight": cost_weight,
         "steps": args.steps,
-        "epochs_per_step": args.epochs,
+        "epochs_per_step": result.rounds[-1].epochs,
         "lr": args.lr,
         "flops_ratio": round(result.speedup, 3),
         "val_accuracy_parent": result.parent_accuracy,

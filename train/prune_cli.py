@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         default=_default("epochs"),
-        help="fine-tuning epochs after each step (default %(default)s)",
+        help="fine-tuning epochs after each step (default: enough for 48 optimizer updates, "
+        "2 to 10 epochs, so small datasets get as many updates as large ones)",
     )
     p.add_argument(
         "--lr",

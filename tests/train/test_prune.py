@@ -270,9 +270,24 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
     assert json.loads((out / "run.json").read_text())["pruning"]["speedup"] >= 2.5
     history = json.loads((out / "history.json").read_text())
     assert [h["phase"] for h in history] == ["prune-1", "prune-2"]
+    assert [r["epochs"] for r in lineage["rounds"]] == [1, 1]
     assert "Pruning report" in (out / "report.md").read_text()
     assert "norm-l1 importance / FLOPs saved^0.5" in (out / "report.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_fine_tuning_epochs_default_to_a_number_of_updates():
+    from tl2edge.train.prune_fit import MAX_AUTO_EPOCHS, MIN_UPDATES, fine_tune_epochs
+
+    assert fine_tune_epochs(3, train_images=10, batch_size=32) == 3  # given: kept
+    assert fine_tune_epochs(0, train_images=10_000, batch_size=32) == 0
+    # the demo's 800 images, 25 batches: 2 epochs already make MIN_UPDATES
+    assert fine_tune_epochs(None, train_images=800, batch_size=32) == 2
+    assert fine_tune_epochs(None, train_images=100_000, batch_size=32) == 2  # never fewer
+    # 240 images, 8 batches: 6 epochs, the fewest with MIN_UPDATES updates
+    assert fine_tune_epochs(None, train_images=240, batch_size=32) == 6
+    assert 6 * 8 >= MIN_UPDATES > 5 * 8
+    assert fine_tune_epochs(None, train_images=20, batch_size=32) == MAX_AUTO_EPOCHS  # capped
 
 
 def test_the_report_measures_int8_as_export_makes_it(base_run, tmp_path, monkeypatch):
