@@ -9,7 +9,10 @@ are the same for a seed. `tf.data.Dataset.cache(file)` does not do this: after t
 freezes the order, before it a full shuffle needs the whole set in the shuffle buffer.
 
 A cache file is written under a temporary name and renamed into place, and one whose size or
-header does not match its split is rebuilt, never read. Delete the folder at any time.
+header does not match its split is rebuilt, never read. The folder also records the sha256 of
+every file it caches (`checked_file`), so a later run's up-front check reads and hashes those
+files but does not decode them again. Nothing is deleted automatically (a run says how much
+of the folder it does not use); delete the folder, or files in it, at any time.
 """
 
 from __future__ import annotations
@@ -31,14 +34,53 @@ from tqdm import tqdm
 
 from tl2edge.errors import UserError
 from tl2edge.images import BadImage, decode_rgb
-from tl2edge.train.data import Data, Split
+from tl2edge.train.data import CHUNK, Data, Split
 
 log = logging.getLogger("tl2edge.train")
 
 # Part of every cache file's name: bump it when decode_rgb's pixels change, so that files
 # written by an older version are not used.
 CACHE_VERSION = 1
-CHUNK = 256  # images decoded per step: bounds the memory the parallel decode holds
+DIGEST = 32  # bytes of a sha256
+
+
+def checked_file(folder: Path) -> Path:
+    """The sha256 digests (32 bytes each) of every file a cached split holds: they decoded,
+    so a later run's up-front check of the same files reads and hashes them, but does not
+    decode them again."""
+    return folder / f"checked-v{CACHE_VERSION}.sha256"
+
+
+def checked_digests(cache_dir: str | os.PathLike) -> frozenset[bytes]:
+    """The digests recorded in `cache_dir` (empty if none or unreadable)."""
+    path = checked_file(Path(cache_dir))
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as exc:
+        log.warning("cannot read %s (%s): every file is decoded in the check", path, exc)
+        return frozenset()
+    if len(raw) % DIGEST:
+        log.warning("%s is damaged (%d bytes): every file is decoded in the check", path, len(raw))
+        return frozenset()
+    return frozenset(raw[i : i + DIGEST] for i in range(0, len(raw), DIGEST))
+
+
+def _record_checked(folder: Path, splits: tuple[Split, ...]) -> None:
+    known = checked_digests(folder)
+    new = {d for split in splits for d in split.digests} - known
+    if not new:
+        return
+    path = checked_file(folder)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(b"".join(sorted(known | new)))
+        os.replace(tmp, path)
+    except OSError as exc:  # the record only saves time: training goes on without it
+        tmp.unlink(missing_ok=True)
+        log.warning("could not record the checked files in %s (%s)", path, exc)
 
 
 def cache_data(data: Data, cache_dir: str | os.PathLike) -> Data:
@@ -59,7 +101,27 @@ def cache_data(data: Data, cache_dir: str | os.PathLike) -> Data:
         )
     train = cache_split(data.train, cache_dir, what="training")
     val = cache_split(data.val, cache_dir, what="validation")
+    _record_checked(folder, (train, val))
+    _note_other_files(folder, {Path(train.cache).name, Path(val.cache).name})
     return dataclasses.replace(data, train=train, val=val)
+
+
+def _note_other_files(folder: Path, used: set[str]) -> None:
+    """Say how much of `folder` this run does not use (caches of other data or sizes, files
+    left by an interrupted run): nothing is deleted, another run may need them."""
+    others = [
+        p
+        for p in folder.iterdir()
+        if p.name.startswith(("pixels-", ".pixels-")) and p.name not in used and p.is_file()
+    ]
+    if others:
+        log.info(
+            "%s also holds %d cache file(s) this run does not use (%s): delete them if their "
+            "data is gone",
+            folder,
+            len(others),
+            _size(sum(p.stat().st_size for p in others)),
+        )
 
 
 def cache_split(split: Split, cache_dir: str | os.PathLike, *, what: str = "") -> Split:

@@ -5,7 +5,8 @@ training and serving see the same pixels. Two pipelines (`--data-pipeline`):
 - memory: decoded once into uint8 arrays, which are the cache: an epoch never decodes a file
   again (a 224x224 image takes 150 KB, so 24 GB hold ~150k);
 - stream: for data larger than memory; every file is checked and fingerprinted up front
-  (decoded, not kept), then each epoch reads and decodes the files in parallel in tf.data,
+  (decoded, not kept; with `--data-cache`, files that decoded in an earlier run are only
+  read and hashed), then each epoch reads and decodes the files in parallel in tf.data,
   with the same shuffling as the memory path, so the batches are the same for a seed.
 `auto` (the default) streams only when the decoded images would not fit in 70 % of RAM.
 A streamed split can be decoded once into a memory-mapped file instead (`--data-cache`,
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +41,7 @@ log = logging.getLogger("tl2edge.train")
 
 PIPELINES = ("auto", "memory", "stream")
 MEMORY_FRACTION = 0.7
+CHUNK = 256  # files read and decoded per step of the parallel up-front pass
 
 
 @dataclass
@@ -113,27 +118,52 @@ class Data:
 
 
 def _decode_folder(
-    folder: ImageFolder, size: int, desc: str, fingerprint: Fingerprint, *, keep: bool = True
+    folder: ImageFolder,
+    size: int,
+    desc: str,
+    fingerprint: Fingerprint,
+    *,
+    keep: bool = True,
+    checked: Collection[bytes] = frozenset(),
 ):
-    xs, ys, paths, digests, bad = [], [], [], [], []
-    for path, label in tqdm(folder.files, desc=desc, unit="img", leave=False, mininterval=1.0):
+    """Read, fingerprint and decode every file of `folder` (in parallel threads, results in
+    order). keep=False checks without keeping pixels; it skips decoding the files whose
+    sha256 is in `checked` (they decoded before: `tl2edge.train.cache.checked_digests`)."""
+
+    def read(path: Path) -> tuple[bytes | None, np.ndarray | None, str]:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            bad.append((str(path), str(exc)))
-            continue
+            return None, None, str(exc)
         digest = hashlib.sha256(data).digest()
-        fingerprint.add_digest(relative(path, folder.root), digest)
+        if not keep and digest in checked:
+            return digest, None, ""
         try:
-            pixels = decode_rgb(data, size)
+            return digest, decode_rgb(data, size), ""
         except BadImage as exc:
-            bad.append((str(path), str(exc)))
-            continue
-        if keep:
-            xs.append(pixels)
-        ys.append(label)
-        paths.append(relative(path, folder.root))
-        digests.append(digest)
+            return digest, None, str(exc)
+
+    xs, ys, paths, digests, bad = [], [], [], [], []
+    with (
+        ThreadPoolExecutor(os.cpu_count() or 1) as pool,
+        tqdm(total=len(folder.files), desc=desc, unit="img", leave=False, mininterval=1.0) as bar,
+    ):
+        for start in range(0, len(folder.files), CHUNK):
+            chunk = folder.files[start : start + CHUNK]
+            for (path, label), (digest, pixels, error) in zip(
+                chunk, pool.map(read, [p for p, _ in chunk]), strict=True
+            ):
+                if digest is not None:
+                    fingerprint.add_digest(relative(path, folder.root), digest)
+                if error:
+                    bad.append((str(path), error))
+                    continue
+                if keep:
+                    xs.append(pixels)
+                ys.append(label)
+                paths.append(relative(path, folder.root))
+                digests.append(digest)
+            bar.update(len(chunk))
     root = str(folder.root)
     if not keep:
         return Split(None, np.asarray(ys, np.int32), paths, size, root, digests), bad
@@ -177,11 +207,13 @@ def load_data(
     seed: int = 42,
     skip_bad_images: bool = False,
     pipeline: str = "auto",
+    checked: Collection[bytes] = frozenset(),
 ) -> Data:
     """Decode the training (and validation) images, or raise UserError saying what is wrong.
 
     pipeline: memory (keep the decoded pixels), stream (check and fingerprint every file,
     keep only paths) or auto (memory if it fits in 70 % of the available RAM, else stream).
+    checked: sha256 digests of files known to decode; streaming does not decode them again.
     """
     folder = scan_image_folder(data_dir, what="data dir")
     val_folder = scan_image_folder(val_dir, what="--val-dir") if val_dir else None
@@ -194,11 +226,13 @@ def load_data(
     keep = choose_pipeline(pipeline, n_files, image_size) == "memory"
     fingerprint = Fingerprint()
     desc = "decoding images" if keep else "checking images (streamed later)"
-    everything, bad = _decode_folder(folder, image_size, desc, fingerprint, keep=keep)
+    everything, bad = _decode_folder(
+        folder, image_size, desc, fingerprint, keep=keep, checked=checked
+    )
     val_bad: list[tuple[str, str]] = []
     if val_folder is not None:
         val, val_bad = _decode_folder(
-            val_folder, image_size, f"{desc}, validation", fingerprint, keep=keep
+            val_folder, image_size, f"{desc}, validation", fingerprint, keep=keep, checked=checked
         )
     bad += val_bad
     if bad and not skip_bad_images:

@@ -132,6 +132,7 @@ def train(
 
 
 def _load_data(cfg: TrainConfig):
+    from tl2edge.train.cache import cache_data, checked_digests
     from tl2edge.train.data import load_data
 
     data = load_data(
@@ -142,10 +143,9 @@ def _load_data(cfg: TrainConfig):
         seed=cfg.seed,
         skip_bad_images=cfg.skip_bad_images,
         pipeline=cfg.data_pipeline,
+        checked=checked_digests(cfg.data_cache) if cfg.data_cache else frozenset(),
     )
     if cfg.data_cache and data.train.x is None:
-        from tl2edge.train.cache import cache_data
-
         data = cache_data(data, cfg.data_cache)
     elif cfg.data_cache:
         log.info("--data-cache is not needed: the decoded images fit in memory")

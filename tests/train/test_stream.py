@@ -111,22 +111,27 @@ def test_a_cached_stream_gives_the_same_batches_as_memory(tiny_data, tmp_path):
 
 
 def test_a_second_run_reads_the_cache_without_decoding(tiny_data, tmp_path, monkeypatch):
+    """Neither the up-front check nor the batches decode a file the cache already holds."""
     from tl2edge.train import cache, data
-    from tl2edge.train.cache import cache_data
+    from tl2edge.train.cache import cache_data, checked_digests, checked_file
 
     memory = load_data(tiny_data, image_size=16, seed=4, pipeline="memory")
     first = cache_data(_stream(tiny_data), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        Path(f).name for f in (first.train.cache, first.val.cache)
+        [Path(first.train.cache).name, Path(first.val.cache).name, checked_file(tmp_path).name]
     )
+    assert checked_digests(tmp_path) == set(first.train.digests + first.val.digests)
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    again = _stream(tiny_data)  # the up-front check decodes; nothing after it may
 
     def fail(*args, **kwargs):
         raise AssertionError("decoded although cached")
 
     monkeypatch.setattr(cache, "decode_rgb", fail)
     monkeypatch.setattr(data, "decode_rgb", fail)
+    again = load_data(
+        tiny_data, image_size=16, seed=4, pipeline="stream", checked=checked_digests(tmp_path)
+    )
+    assert again.fingerprint == first.fingerprint and again.train.paths == first.train.paths
     second = cache_data(again, tmp_path)
     assert (second.train.cache, second.val.cache) == (first.train.cache, first.val.cache)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps  # not rewritten
@@ -134,6 +139,21 @@ def test_a_second_run_reads_the_cache_without_decoding(tiny_data, tmp_path, monk
     b = make_dataset(second.train, batch_size=5, training=True, seed=9)
     for (xa, ya), (xb, yb) in zip(_batches(a, 1), _batches(b, 1), strict=True):
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+
+
+def test_the_check_still_decodes_new_files_and_catches_broken_ones(tiny_data, tmp_path):
+    from tl2edge.train.cache import cache_data, checked_digests, checked_file
+
+    cache_data(_stream(tiny_data), tmp_path / "cache")
+    known = checked_digests(tmp_path / "cache")
+    folder = tmp_path / "data"
+    shutil.copytree(tiny_data, folder)
+    victim = sorted(folder.rglob("*.png"))[0]
+    victim.write_bytes(b"not an image")  # new content: decoded, and refused
+    with pytest.raises(UserError, match=r"1 image file.* could not be read"):
+        load_data(folder, image_size=16, seed=4, pipeline="stream", checked=known)
+    checked_file(tmp_path / "cache").write_bytes(b"\0" * 33)  # damaged: no digest trusted
+    assert checked_digests(tmp_path / "cache") == frozenset()
 
 
 def test_other_files_or_another_size_get_another_cache_file(tiny_data, tmp_path):
@@ -249,7 +269,7 @@ def test_train_caches_streamed_splits_only(tiny_data, tmp_path, tiny_config, pip
     data = _load_data(cfg)
     files = sorted(p.name for p in (tmp_path / "cache").glob("*"))
     if pipeline == "stream":
-        assert data.train.x is None and len(files) == 2
-        assert {Path(data.train.cache).name, Path(data.val.cache).name} == set(files)
+        assert data.train.x is None and len(files) == 3
+        assert {Path(data.train.cache).name, Path(data.val.cache).name} < set(files)
     else:
         assert data.train.x is not None and not data.train.cache and files == []
