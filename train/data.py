@@ -42,6 +42,7 @@ log = logging.getLogger("tl2edge.train")
 PIPELINES = ("auto", "memory", "stream")
 MEMORY_FRACTION = 0.7
 CHUNK = 256  # files read and decoded per step of the parallel up-front pass
+THREADS = os.cpu_count() or 1  # of that pass (Pillow and hashlib release the GIL)
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _decode_folder(
 
     xs, ys, paths, digests, bad = [], [], [], [], []
     with (
-        ThreadPoolExecutor(os.cpu_count() or 1) as pool,
+        ThreadPoolExecutor(THREADS) as pool,
         tqdm(total=len(folder.files), desc=desc, unit="img", leave=False, mininterval=1.0) as bar,
     ):
         for start in range(0, len(folder.files), CHUNK):
