@@ -8,7 +8,7 @@ import functools
 
 from tl2edge.cli import field_default
 from tl2edge.train.prune import METHODS, NORMS
-from tl2edge.train.prune_fit import PruneConfig
+from tl2edge.train.prune_fit import MAX_AUTO_EPOCHS, MIN_UPDATES, PruneConfig
 
 _default = functools.partial(field_default, PruneConfig)
 
@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         default=_default("epochs"),
-        help="fine-tuning epochs after each step (default: enough for 48 optimizer updates, "
-        "2 to 10 epochs, so small datasets get as many updates as large ones)",
+        help=f"fine-tuning epochs after each step (default: enough for {MIN_UPDATES} optimizer "
+        f"updates, 2 to {MAX_AUTO_EPOCHS} epochs, so small datasets are not under-trained)",
     )
     p.add_argument(
         "--lr",
