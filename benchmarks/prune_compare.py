@@ -54,7 +54,7 @@ def main() -> None:
 def compare(parent: Path, pruned: list[Path], *, rounds: int, seconds: float, out: Path) -> dict:
     from tl2edge.export.rundir import load_keras_model, open_run
     from tl2edge.train.prune_fit import LINEAGE_FILE, read_parent
-    from tl2edge.train.prune_output import export_like, time_variants
+    from tl2edge.train.prune_output import export_like, ratios, time_variants
 
     run, _, parent_model, data = read_parent(parent)
     models = {"parent": parent_model}
@@ -83,17 +83,10 @@ def compare(parent: Path, pruned: list[Path], *, rounds: int, seconds: float, ou
             "parent_val_accuracy"
         ]
         row["drop_points"] = round((row["val_accuracy_parent"] - row["val_accuracy"]) * 100, 2)
-        for prec in ("fp32", "int8"):
-            if f"{name}-{prec}" not in v or f"parent-{prec}" not in v:
-                continue
-            mine, theirs = v[f"{name}-{prec}"], v[f"parent-{prec}"]
-            row[f"{prec}_latency_b1_ratio"] = round(
-                mine["latency_b1_p50_ms"] / theirs["latency_b1_p50_ms"], 3
-            )
-            row[f"{prec}_throughput_b8_ratio"] = round(
-                mine["throughput_b8"] / theirs["throughput_b8"], 3
-            )
-            row[f"{prec}_size_ratio"] = round(mine["size_bytes"] / theirs["size_bytes"], 3)
+        for prec, r in ratios(v, name).items():
+            row[f"{prec}_latency_b1_ratio"] = round(r["latency_b1"], 3)
+            row[f"{prec}_throughput_b8_ratio"] = round(r["throughput_b8"], 3)
+            row[f"{prec}_size_ratio"] = round(r["size"], 3)
     result = {
         "parent": str(parent),
         "runs": runs,

@@ -153,18 +153,22 @@ def measure_onnx(
         seconds=seconds,
     )
     out = time_variants(made, device=device, seconds=seconds, rounds=ROUNDS)
-    v = out["variants"]
-    out["ratios"] = {
-        prec: {
-            "size": v[f"pruned-{prec}"]["size_bytes"] / v[f"parent-{prec}"]["size_bytes"],
-            "latency_b1": v[f"pruned-{prec}"]["latency_b1_p50_ms"]
-            / v[f"parent-{prec}"]["latency_b1_p50_ms"],
-            "throughput_b8": v[f"pruned-{prec}"]["throughput_b8"]
-            / v[f"parent-{prec}"]["throughput_b8"],
-        }
-        for prec in ("fp32", "int8")
-        if f"parent-{prec}" in v and f"pruned-{prec}" in v
-    }
+    out["ratios"] = ratios(out["variants"], "pruned")
+    return out
+
+
+def ratios(variants: dict, name: str) -> dict[str, dict[str, float]]:
+    """Model `name` against "parent" per precision both have in `variants` (as
+    `time_variants` measures them): size, batch-1 latency and batch-8 throughput ratios."""
+    out = {}
+    for prec in ("fp32", "int8"):
+        mine, theirs = variants.get(f"{name}-{prec}"), variants.get(f"parent-{prec}")
+        if mine and theirs:
+            out[prec] = {
+                "size": mine["size_bytes"] / theirs["size_bytes"],
+                "latency_b1": mine["latency_b1_p50_ms"] / theirs["latency_b1_p50_ms"],
+                "throughput_b8": mine["throughput_b8"] / theirs["throughput_b8"],
+            }
     return out
 
 
