@@ -26,15 +26,13 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from tl2edge.errors import UserError
 from tl2edge.images import BadImage, decode_rgb
-from tl2edge.train.data import CHUNK, Data, Split
+from tl2edge.train.data import Data, Split, parallel_chunks
 
 log = logging.getLogger("tl2edge.train")
 
@@ -232,9 +230,8 @@ def _build(split: Split, path: Path, shape: tuple[int, ...], *, what: str) -> No
 
 
 def _decoded(split: Split, desc: str) -> Iterator[np.ndarray]:
-    """The split's images decoded in parallel threads (Pillow releases the GIL), in order,
-    CHUNK at a time."""
-    files, size = split.files(), split.image_size
+    """The split's images decoded in parallel threads, in order, CHUNK at a time."""
+    size = split.image_size
 
     def decode(path: str) -> np.ndarray:
         try:
@@ -245,14 +242,8 @@ def _decoded(split: Split, desc: str) -> Iterator[np.ndarray]:
                 "was the data dir changed during the run?"
             ) from exc
 
-    with (
-        ThreadPoolExecutor(os.cpu_count() or 1) as pool,
-        tqdm(total=len(files), desc=desc, unit="img", leave=False, mininterval=1.0) as bar,
-    ):
-        for start in range(0, len(files), CHUNK):
-            rows = list(pool.map(decode, files[start : start + CHUNK]))
-            bar.update(len(rows))
-            yield np.stack(rows)
+    for rows in parallel_chunks(decode, split.files(), desc):
+        yield np.stack(rows)
 
 
 def _size(n: int) -> str:

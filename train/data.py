@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -41,8 +42,10 @@ log = logging.getLogger("tl2edge.train")
 
 PIPELINES = ("auto", "memory", "stream")
 MEMORY_FRACTION = 0.7
-CHUNK = 256  # files read and decoded per step of the parallel up-front pass
-THREADS = os.cpu_count() or 1  # of that pass (Pillow and hashlib release the GIL)
+CHUNK = 256  # files read and decoded per step of `parallel_chunks`
+THREADS = os.cpu_count() or 1  # threads of `parallel_chunks`
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -118,6 +121,20 @@ class Data:
         )
 
 
+def parallel_chunks(fn: Callable[[T], R], items: Sequence[T], desc: str) -> Iterator[list[R]]:
+    """`fn` over `items` in THREADS threads (Pillow and hashlib release the GIL), CHUNK items at
+    a time, so at most one chunk of results is held; yields each chunk's results in order and
+    shows progress."""
+    with (
+        ThreadPoolExecutor(THREADS) as pool,
+        tqdm(total=len(items), desc=desc, unit="img", leave=False, mininterval=1.0) as bar,
+    ):
+        for start in range(0, len(items), CHUNK):
+            results = list(pool.map(fn, items[start : start + CHUNK]))
+            bar.update(len(results))
+            yield results
+
+
 def _decode_folder(
     folder: ImageFolder,
     size: int,
@@ -145,26 +162,20 @@ def _decode_folder(
             return digest, None, str(exc)
 
     xs, ys, paths, digests, bad = [], [], [], [], []
-    with (
-        ThreadPoolExecutor(THREADS) as pool,
-        tqdm(total=len(folder.files), desc=desc, unit="img", leave=False, mininterval=1.0) as bar,
-    ):
-        for start in range(0, len(folder.files), CHUNK):
-            chunk = folder.files[start : start + CHUNK]
-            for (path, label), (digest, pixels, error) in zip(
-                chunk, pool.map(read, [p for p, _ in chunk]), strict=True
-            ):
-                if digest is not None:
-                    fingerprint.add_digest(relative(path, folder.root), digest)
-                if error:
-                    bad.append((str(path), error))
-                    continue
-                if keep:
-                    xs.append(pixels)
-                ys.append(label)
-                paths.append(relative(path, folder.root))
-                digests.append(digest)
-            bar.update(len(chunk))
+    results = (
+        r for chunk in parallel_chunks(read, [p for p, _ in folder.files], desc) for r in chunk
+    )
+    for (path, label), (digest, pixels, error) in zip(folder.files, results, strict=True):
+        if digest is not None:
+            fingerprint.add_digest(relative(path, folder.root), digest)
+        if error:
+            bad.append((str(path), error))
+            continue
+        if keep:
+            xs.append(pixels)
+        ys.append(label)
+        paths.append(relative(path, folder.root))
+        digests.append(digest)
     root = str(folder.root)
     if not keep:
         return Split(None, np.asarray(ys, np.int32), paths, size, root, digests), bad
