@@ -277,8 +277,9 @@ def load_saved_split(
     *,
     image_size: int,
 ) -> Data:
-    """Decode the files of a run's saved split (export evaluates on exactly these). When
-    they would not fit in memory, the training images stay on disk (x None, absolute paths)."""
+    """Decode the files of a run's saved split (export evaluates on exactly these), in parallel
+    threads. When they would not fit in memory, the training images stay on disk (x None,
+    absolute paths)."""
     stream = choose_pipeline("auto", len(train_files) + len(val_files), image_size) == "stream"
     decoded, bad = [], []
     for files, desc, relpaths, lazy in (
@@ -289,12 +290,19 @@ def load_saved_split(
         if lazy:
             decoded.append(Split(None, y, [str(p) for p, _ in files], image_size))
             continue
-        xs = []
-        for path, _ in tqdm(files, desc=desc, unit="img", leave=False, mininterval=1.0):
+
+        def decode(path: Path) -> tuple[np.ndarray | None, str]:
             try:
-                xs.append(decode_rgb(path, image_size))
+                return decode_rgb(path, image_size), ""
             except (BadImage, OSError) as exc:
-                bad.append((str(path), str(exc)))
+                return None, str(exc)
+
+        paths = [path for path, _ in files]
+        results = [r for chunk in parallel_chunks(decode, paths, desc) for r in chunk]
+        bad += [
+            (str(path), error) for path, (_, error) in zip(paths, results, strict=True) if error
+        ]
+        xs = [image for image, _ in results if image is not None]
         x = np.stack(xs) if xs else np.zeros((0, image_size, image_size, 3), np.uint8)
         decoded.append(Split(x, y, [p for p, _ in relpaths], image_size))
     if bad:

@@ -76,6 +76,31 @@ def test_a_saved_split_too_big_for_memory_keeps_training_images_on_disk(tiny_dat
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
 
 
+def test_a_saved_split_decodes_in_file_order_and_names_each_broken_file(
+    tiny_data, tmp_path, monkeypatch
+):
+    """The saved split is decoded in parallel chunks; the pixels come back in the split's order
+    and every unreadable file is named in one error."""
+    from tl2edge.train import data as data_module
+    from tl2edge.train.data import load_saved_split
+
+    monkeypatch.setattr(data_module, "CHUNK", 3)  # several chunks, a short last one
+    folder = shutil.copytree(tiny_data, tmp_path / "data")
+    memory = load_data(folder, image_size=32, seed=4, pipeline="memory")
+    split = memory.saved_split()
+    train_files = [(folder / p, y) for p, y in split.train]
+    val_files = [(folder / p, y) for p, y in split.val]
+    saved = load_saved_split(split, train_files, val_files, image_size=32)
+    assert np.array_equal(saved.train.x, memory.train.x)
+    assert np.array_equal(saved.val.x, memory.val.x)
+    broken = [train_files[4][0], val_files[0][0]]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    with pytest.raises(UserError) as err:
+        load_saved_split(split, train_files, val_files, image_size=32)
+    assert all(str(path) in str(err.value) for path in broken)
+
+
 def test_pixels_of_a_streamed_split_equal_the_in_memory_ones(tiny_data):
     memory = load_data(tiny_data, image_size=32, seed=4, pipeline="memory")
     stream = load_data(tiny_data, image_size=32, seed=4, pipeline="stream")
