@@ -153,6 +153,7 @@ class Round:
     accuracy_pruned: float  # right after the surgery
     accuracy: float  # after fine-tuning
     epochs: int  # of fine-tuning
+    kept_epoch: int  # the one with the lowest validation loss, whose weights are kept; 0: none
     seconds: float
 
 
@@ -297,6 +298,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
             acc_cut * 100,
         )
         rows: list[dict] = []
+        kept_epoch = 0
         if epochs:
             set_trainable(candidate, "all")
             trainer = training_model(candidate, augment=train_cfg.augment, seed=train_cfg.seed)
@@ -305,11 +307,17 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
             )
+            # Keep the epoch with the lowest validation loss, as `tl2edge train` does; the
+            # patience is the whole budget, so every epoch runs.
+            best = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=epochs, restore_best_weights=True
+            )
             fit = trainer.fit(
                 train_ds,
                 validation_data=val_ds,
                 epochs=epochs,
                 class_weight=weights_cw,
+                callbacks=[best],
                 verbose=verbose,
                 shuffle=False,
             )
@@ -318,15 +326,18 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
                 {"phase": f"prune-{step}", **{k: float(v[e]) for k, v in fit.history.items()}}
                 for e in range(n)
             ]
+            kept_epoch = int(np.argmin(fit.history["val_loss"])) + 1
         acc = _accuracy(candidate, data.val, batch)
         drop = (parent_acc - acc) * 100
         log.info(
-            "step %d/%d: validation accuracy %.2f%% (parent %.2f%%, %+.2f points)",
+            "step %d/%d: validation accuracy %.2f%% (parent %.2f%%, %+.2f points), epoch %d of %d",
             step,
             cfg.steps,
             acc * 100,
             parent_acc * 100,
             -drop,
+            kept_epoch,
+            epochs,
         )
         if cfg.max_accuracy_drop is not None and drop > cfg.max_accuracy_drop:
             if not rounds:
@@ -349,7 +360,14 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
         history += rows
         rounds.append(
             Round(
-                step, flops, filters, acc_cut, acc, epochs, round(time.perf_counter() - t_step, 2)
+                step,
+                flops,
+                filters,
+                acc_cut,
+                acc,
+                epochs,
+                kept_epoch,
+                round(time.perf_counter() - t_step, 2),
             )
         )
     if rounds[-1].flops > parent_flops / cfg.target_speedup * 1.001 and stopped is None:

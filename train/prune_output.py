@@ -283,13 +283,13 @@ def prune_markdown(lineage: dict, costs: dict, measured: dict | None, result: Pr
         )
     lines += [
         "",
-        "| step | FLOPs ratio | accuracy after cut | after fine-tuning (epochs) | time |",
-        "|---:|---:|---:|---:|---:|",
+        "| step | FLOPs ratio | accuracy after cut | after fine-tuning | epoch kept / run | time |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result.rounds:
         lines.append(
             f"| {r.step} | {result.parent_flops / r.flops:.2f}x | {r.accuracy_pruned:.2%} "
-            f"| {r.accuracy:.2%} ({r.epochs}) | {r.seconds:.0f} s |"
+            f"| {r.accuracy:.2%} | {r.kept_epoch} / {r.epochs} | {r.seconds:.0f} s |"
         )
     if measured:
         lines += [

@@ -241,7 +241,7 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
         target_speedup=2.5,
         method="norm",
         steps=2,
-        epochs=1,
+        epochs=3,
         cost_weight=0.5,
         measure=False,
     )
@@ -269,8 +269,13 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
     assert json.loads((out / "state.json").read_text())["status"] == "complete"
     assert json.loads((out / "run.json").read_text())["pruning"]["speedup"] >= 2.5
     history = json.loads((out / "history.json").read_text())
-    assert [h["phase"] for h in history] == ["prune-1", "prune-2"]
-    assert [r["epochs"] for r in lineage["rounds"]] == [1, 1]
+    assert [h["phase"] for h in history] == ["prune-1"] * 3 + ["prune-2"] * 3
+    assert [r["epochs"] for r in lineage["rounds"]] == [3, 3]
+    for r in lineage["rounds"]:  # each step keeps its epoch of lowest validation loss
+        rows = [h for h in history if h["phase"] == f"prune-{r['step']}"]
+        assert r["kept_epoch"] == 1 + int(np.argmin([h["val_loss"] for h in rows]))
+        assert r["accuracy"] == pytest.approx(rows[r["kept_epoch"] - 1]["val_accuracy"])
+    assert result.accuracy == lineage["rounds"][-1]["accuracy"]
     assert "Pruning report" in (out / "report.md").read_text()
     assert "norm-l1 importance / FLOPs saved^0.5" in (out / "report.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
