@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         default=_default("epochs"),
-        help=f"fine-tuning epochs after each step (default: enough for {MIN_UPDATES} optimizer "
-        f"updates, 2 to {MAX_AUTO_EPOCHS} epochs, so small datasets are not under-trained)",
+        help=f"fine-tuning epochs after each step; the epoch with the lowest validation loss is "
+        f"kept (default: enough for {MIN_UPDATES} optimizer updates, 2 to {MAX_AUTO_EPOCHS} "
+        "epochs, so small datasets are not under-trained)",
     )
     p.add_argument(
         "--lr",
