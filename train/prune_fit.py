@@ -326,7 +326,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
                 {"phase": f"prune-{step}", **{k: float(v[e]) for k, v in fit.history.items()}}
                 for e in range(n)
             ]
-            kept_epoch = int(np.argmin(fit.history["val_loss"])) + 1
+            kept_epoch = best.best_epoch + 1  # the epoch whose weights Keras restored
         acc = _accuracy(candidate, data.val, batch)
         drop = (parent_acc - acc) * 100
         log.info(
