@@ -66,8 +66,7 @@ def _report_md(metrics: dict, history: list[dict], run: dict) -> str:
         f"{len(run['classes'])} classes), fingerprint `{run['data_fingerprint'][:16]}`",
         f"- unreadable images skipped: {len(run['bad_images'])}",
         f"- model: VGG16 at {cfg['image_size']}x{cfg['image_size']}, backbone weights: {run['weights']}",
-        f"- strategy: {cfg['strategy'] if cfg['weights'] != 'none' else 'from scratch'}; epochs head/fine-tune: "
-        f"{cfg['epochs_head']}/{cfg['epochs_finetune']}; seed {run['seed']}",
+        _schedule_line(run),
         f"- device: {run['device']}",
         f"- time: {', '.join(f'{k} {v:.1f} s' for k, v in run['timings'].items())}",
         "",
@@ -92,3 +91,21 @@ def _report_md(metrics: dict, history: list[dict], run: dict) -> str:
         )
     lines += ["", "![training curves](curves.png)", "", "![confusion matrix](confusion.png)", ""]
     return "\n".join(lines)
+
+
+def _schedule_line(run: dict) -> str:
+    """How the weights were trained: the training recipe, or a pruned run's own fine-tuning
+    (its config.json is the parent's, kept for export, so it does not describe this run)."""
+    cfg = run["config"]
+    if "pruning" in run:
+        steps = run["pruning"]["rounds"]
+        kept = ", ".join(f"{r['kept_epoch']}/{r['epochs']}" for r in steps)
+        return (
+            f"- fine-tuning: {len(steps)} pruning step(s), epoch kept / run per step: {kept} "
+            f"(lowest validation loss); seed {run['seed']}"
+        )
+    strategy = cfg["strategy"] if cfg["weights"] != "none" else "from scratch"
+    return (
+        f"- strategy: {strategy}; epochs head/fine-tune: "
+        f"{cfg['epochs_head']}/{cfg['epochs_finetune']}; seed {run['seed']}"
+    )
