@@ -35,7 +35,8 @@ LINEAGE_FILE = "prune.json"
 # With `epochs` unset, each step's fine-tuning runs at least this many optimizer updates. On
 # the far task (240 training images, 8 batches per epoch) 2 epochs per step (16 updates) left
 # the pruned model 1.0 point under its parent on 400 test images, 6 epochs (48 updates) 0.75
-# over it; the demo's 800 images reach 50 updates in the 2 epochs that served them well.
+# over it (both measured before a step kept its epoch of lowest validation loss); the demo's
+# 800 images reach 50 updates in the 2 epochs that served them well.
 MIN_UPDATES = 48
 MAX_AUTO_EPOCHS = 10
 
