@@ -276,11 +276,11 @@ def test_prune_writes_a_complete_run_that_export_opens(base_run, tmp_path):
         assert r["kept_epoch"] == 1 + int(np.argmin([h["val_loss"] for h in rows]))
         assert r["accuracy"] == pytest.approx(rows[r["kept_epoch"] - 1]["val_accuracy"])
     assert result.accuracy == lineage["rounds"][-1]["accuracy"]
-    assert "Pruning report" in (out / "report.md").read_text()
-    assert "norm-l1 importance / FLOPs saved^0.5" in (out / "report.md").read_text()
-    kept = ", ".join(f"{r['kept_epoch']}/3" for r in lineage["rounds"])
-    report = (out / "report.md").read_text()  # its own schedule, not the parent's recipe
-    assert f"2 pruning step(s), epoch kept / run per step: {kept}" in report
+    report = (out / "report.md").read_text()
+    assert "Pruning report" in report
+    assert "norm-l1 importance / FLOPs saved^0.5" in report
+    kept = ", ".join(f"{r['kept_epoch']}/3" for r in lineage["rounds"])  # its own schedule,
+    assert f"2 pruning step(s), epoch kept / run per step: {kept}" in report  # not the parent's
     assert "epochs head/fine-tune" not in report
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
