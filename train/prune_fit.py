@@ -361,14 +361,14 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
         history += rows
         rounds.append(
             Round(
-                step,
-                flops,
-                filters,
-                acc_cut,
-                acc,
-                epochs,
-                kept_epoch,
-                round(time.perf_counter() - t_step, 2),
+                step=step,
+                flops=flops,
+                filters=filters,
+                accuracy_pruned=acc_cut,
+                accuracy=acc,
+                epochs=epochs,
+                kept_epoch=kept_epoch,
+                seconds=round(time.perf_counter() - t_step, 2),
             )
         )
     if rounds[-1].flops > parent_flops / cfg.target_speedup * 1.001 and stopped is None:
